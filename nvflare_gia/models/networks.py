@@ -1,0 +1,104 @@
+"""Networks for the benchmark and for real jobs: ``SmallCNN`` and MONAI networks by name."""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+from torch import nn
+
+from nvflare_gia.errors import ConfigError
+
+__all__ = ["SmallCNN", "MODEL_NAMES", "build_model"]
+
+
+class SmallCNN(nn.Module):
+    """The benchmark CNN: three conv-BN-ReLU blocks, global average pooling and a linear head.
+
+    The exact shape is the one other gradient-inversion toolkits were measured on, so numbers are
+    comparable: ``Conv(1,16)-BN-ReLU-MaxPool → Conv(16,32)-BN-ReLU-MaxPool → Conv(32,64)-BN-ReLU →
+    AdaptiveAvgPool(1) → Flatten → Linear(64, num_classes)``, 3×3 kernels, padding 1, no conv bias.
+
+    Args:
+        num_classes: number of output classes (>= 2).
+        in_channels: number of image channels (1 for X-rays).
+
+    Raises:
+        ConfigError: if ``num_classes`` < 2 or ``in_channels`` < 1.
+
+    Example:
+        >>> model = SmallCNN(num_classes=2)
+        >>> model(torch.zeros(4, 1, 64, 64)).shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(self, num_classes: int = 2, in_channels: int = 1) -> None:
+        super().__init__()
+        if int(num_classes) < 2:
+            raise ConfigError(f"SmallCNN: num_classes must be >= 2, got {num_classes!r}.")
+        if int(in_channels) < 1:
+            raise ConfigError(f"SmallCNN: in_channels must be >= 1, got {in_channels!r}.")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(64, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Return class logits of shape ``(batch, num_classes)`` for images ``(batch, C, H, W)``."""
+        return self.classifier(self.flatten(self.pool(self.features(images))))
+
+
+def _densenet121(num_classes: int, in_channels: int) -> nn.Module:
+    from monai.networks.nets import DenseNet121
+
+    return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, pretrained=False)
+
+
+def _resnet18(num_classes: int, in_channels: int) -> nn.Module:
+    from monai.networks.nets import resnet18
+
+    return resnet18(spatial_dims=2, n_input_channels=in_channels, num_classes=num_classes, pretrained=False)
+
+
+_BUILDERS = {
+    "small_cnn": lambda num_classes, in_channels: SmallCNN(num_classes=num_classes, in_channels=in_channels),
+    "densenet121": _densenet121,
+    "resnet18": _resnet18,
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def build_model(name: str = "small_cnn", num_classes: int = 2, in_channels: int = 1) -> nn.Module:
+    """Build a network with BatchNorm by name.
+
+    Args:
+        name: one of ``MODEL_NAMES``: ``small_cnn`` (the benchmark CNN), ``densenet121`` and
+            ``resnet18`` (MONAI, 2-D, BatchNorm, randomly initialised).
+        num_classes: number of output classes.
+        in_channels: image channels (1 for X-rays).
+
+    Returns:
+        The network, in train mode.
+
+    Raises:
+        ConfigError: for an unknown name (the message lists the names and suggests the closest).
+    """
+    key = str(name).lower()
+    if key not in _BUILDERS:
+        close = difflib.get_close_matches(key, MODEL_NAMES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"build_model: name must be one of {list(MODEL_NAMES)}, got {name!r}.{hint}")
+    return _BUILDERS[key](int(num_classes), int(in_channels))

@@ -1,0 +1,52 @@
+import pytest
+import torch
+from torch import nn
+
+from nvflare_gia.errors import ConfigError
+from nvflare_gia.models import MODEL_NAMES, SmallCNN, build_model
+
+
+def test_small_cnn_has_the_exact_benchmark_layout():
+    model = SmallCNN(num_classes=3)
+    layers = [m for m in model.modules() if not isinstance(m, (nn.Sequential, SmallCNN))]
+    kinds = [type(m).__name__ for m in layers]
+    assert kinds == [
+        "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d",
+        "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d",
+        "Conv2d", "BatchNorm2d", "ReLU",
+        "AdaptiveAvgPool2d", "Flatten", "Linear",
+    ]
+    convs = [m for m in layers if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding, c.bias) for c in convs] == [
+        (1, 16, (3, 3), (1, 1), None), (16, 32, (3, 3), (1, 1), None), (32, 64, (3, 3), (1, 1), None)
+    ]
+    assert (layers[-1].in_features, layers[-1].out_features) == (64, 3)
+    assert sum(p.numel() for p in model.parameters()) == 144 + 32 + 4608 + 64 + 18432 + 128 + 64 * 3 + 3
+
+
+def test_small_cnn_state_dict_carries_batchnorm_buffers():
+    keys = SmallCNN().state_dict().keys()
+    for layer in ("features.1", "features.5", "features.9"):
+        assert {f"{layer}.running_mean", f"{layer}.running_var", f"{layer}.num_batches_tracked"} <= set(keys)
+
+
+@pytest.mark.parametrize("size", [16, 28, 64])
+def test_small_cnn_accepts_any_square_size(size):
+    assert SmallCNN()(torch.rand(2, 1, size, size)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_build_model_gives_one_channel_networks_with_batchnorm(name):
+    model = build_model(name, num_classes=2)
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 2)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_build_model_rejects_unknown_name_with_suggestion():
+    with pytest.raises(ConfigError, match=r"name must be one of .*'densenet121'.*Did you mean 'densenet121'"):
+        build_model("densenet12")
+
+
+def test_small_cnn_rejects_single_class():
+    with pytest.raises(ConfigError, match="num_classes must be >= 2, got 1"):
+        SmallCNN(num_classes=1)
