@@ -1,0 +1,112 @@
+"""The ``nvflare-gia`` command: demo, simulate, poc and bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("nvflare_gia.cli")
+
+DEFAULT_DEMO_JOB = "fedavg_cxr"
+
+
+def _data_spec(data: str | None, seed: int):
+    from nvflare_gia.data import DataSpec
+
+    return DataSpec(source=data or "synthetic", seed=seed)
+
+
+def _accuracy_table(scalars: dict[str, list[tuple[int, float]]]) -> str:
+    """Format per-round, per-site accuracy/F1 of the global model as a text table."""
+    sites = sorted({tag.split("/")[0] for tag in scalars if tag.endswith("/accuracy")})
+    rounds = sorted({step for tag, values in scalars.items() if tag.endswith("/accuracy") for step, _ in values})
+    lines = ["round  " + "  ".join(f"{site:>16}" for site in sites) + "  (global model accuracy / F1 on each site's validation share)"]
+    for r in rounds:
+        cells = []
+        for site in sites:
+            acc = dict(scalars.get(f"{site}/accuracy", [])).get(r)
+            f1 = dict(scalars.get(f"{site}/f1", [])).get(r)
+            cells.append(f"{acc:7.3f} / {f1:6.3f}" if acc is not None and f1 is not None else f"{'-':>16}")
+        lines.append(f"{r:5d}  " + "  ".join(f"{c:>16}" for c in cells))
+    return "\n".join(lines)
+
+
+def _simulate(job: str, workspace: Path, rounds: int | None, data: str | None, seed: int) -> int:
+    from nvflare_gia.data import load_splits
+    from nvflare_gia.flare.jobs import prepare_job, read_tb_scalars, run_simulator
+
+    spec = _data_spec(data, seed)
+    num_classes = load_splits(spec).num_classes
+    job_dir = prepare_job(job, workspace / "job", num_rounds=rounds, data_spec=spec, num_classes=num_classes)
+    logger.info("simulating %s on %s (%d classes) in %s", job, spec.source, num_classes, workspace)
+    run = run_simulator(job_dir, workspace / "simulator", clients=spec.site_names)
+    if run.returncode != 0:
+        logger.error("simulator failed (exit %d); last lines:\n%s", run.returncode, run.log_tail)
+        return 1
+    scalars = read_tb_scalars(run.server_run_dir)
+    sys.stdout.write(_accuracy_table(scalars) + "\n")
+    sys.stdout.write(f"finished in {run.seconds:.0f} s; server run directory: {run.server_run_dir}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of ``nvflare-gia``."""
+    parser = argparse.ArgumentParser(prog="nvflare-gia", description="Gradient inversion audit and defenses for NVIDIA FLARE")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the main job in the FLARE simulator on embedded synthetic images (or --data)")
+    demo.add_argument("--data", default=None, help="a .npz of the shared format, an image folder or a datalist; default: synthetic")
+    demo.add_argument("--rounds", type=int, default=3)
+    demo.add_argument("--workspace", type=Path, default=Path("gia_runs/demo"))
+    demo.add_argument("--seed", type=int, default=0)
+
+    simulate = commands.add_parser("simulate", help="run any job folder (or a name under jobs/) in the simulator")
+    simulate.add_argument("job")
+    simulate.add_argument("--data", default=None)
+    simulate.add_argument("--rounds", type=int, default=None)
+    simulate.add_argument("--workspace", type=Path, default=None)
+    simulate.add_argument("--seed", type=int, default=0)
+
+    commands.add_parser("poc", help="POC mode: prepare, start, submit, wait, download, stop, clean (see poc/README.md)", add_help=False)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    attack = bench_commands.add_parser("attack", help="attack strength and cost on the TMI 2023 setting")
+    attack.add_argument("--quick", action="store_true")
+    attack.add_argument("--data", default=None)
+    attack.add_argument("--json", required=True)
+    attack.add_argument("--seconds", type=float, default=60.0)
+    attack.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``nvflare-gia``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["poc"]:
+        from nvflare_gia import poc
+
+        return int(poc.main(argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "demo":
+        return _simulate(DEFAULT_DEMO_JOB, args.workspace.resolve(), args.rounds, args.data, args.seed)
+    if args.command == "simulate":
+        workspace = (args.workspace or Path("gia_runs") / Path(args.job).name).resolve()
+        return _simulate(args.job, workspace, args.rounds, args.data, args.seed)
+    if args.command == "bench" and args.bench_command == "attack":
+        from nvflare_gia.bench.attack_bench import run_attack_benchmark
+
+        run_attack_benchmark(quick=args.quick, data=args.data, json_path=args.json, seconds=args.seconds, device=args.device)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

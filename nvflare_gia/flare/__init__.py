@@ -1,0 +1,1 @@
+"""FLARE adapters: the only part of nvflare_gia that imports nvflare."""
