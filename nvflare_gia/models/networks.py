@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -22,6 +24,8 @@ class SmallCNN(nn.Module):
     Args:
         num_classes: number of output classes (>= 2).
         in_channels: number of image channels (1 for X-rays).
+        init_seed: if given, the weights are initialised from this seed (without touching the
+            global RNG), so a FLARE persistor builds the same initial global model every run.
 
     Raises:
         ConfigError: if ``num_classes`` < 2 or ``in_channels`` < 1.
@@ -32,12 +36,19 @@ class SmallCNN(nn.Module):
         torch.Size([4, 2])
     """
 
-    def __init__(self, num_classes: int = 2, in_channels: int = 1) -> None:
+    def __init__(self, num_classes: int = 2, in_channels: int = 1, init_seed: int | None = None) -> None:
         super().__init__()
         if int(num_classes) < 2:
             raise ConfigError(f"SmallCNN: num_classes must be >= 2, got {num_classes!r}.")
         if int(in_channels) < 1:
             raise ConfigError(f"SmallCNN: in_channels must be >= 1, got {in_channels!r}.")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.init_seed = init_seed
+        with _seeded(init_seed):
+            self._build_layers(num_classes, in_channels)
+
+    def _build_layers(self, num_classes: int, in_channels: int) -> None:
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
             nn.BatchNorm2d(16),
@@ -58,6 +69,17 @@ class SmallCNN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return class logits of shape ``(batch, num_classes)`` for images ``(batch, C, H, W)``."""
         return self.classifier(self.flatten(self.pool(self.features(images))))
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Run the block under ``torch.manual_seed(seed)`` and restore the global RNG afterwards."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
 
 
 def _densenet121(num_classes: int, in_channels: int) -> nn.Module:
@@ -81,7 +103,7 @@ _BUILDERS = {
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
-def build_model(name: str = "small_cnn", num_classes: int = 2, in_channels: int = 1) -> nn.Module:
+def build_model(name: str = "small_cnn", num_classes: int = 2, in_channels: int = 1, init_seed: int | None = None) -> nn.Module:
     """Build a network with BatchNorm by name.
 
     Args:
@@ -89,6 +111,7 @@ def build_model(name: str = "small_cnn", num_classes: int = 2, in_channels: int 
             ``resnet18`` (MONAI, 2-D, BatchNorm, randomly initialised).
         num_classes: number of output classes.
         in_channels: image channels (1 for X-rays).
+        init_seed: seed of the weight initialisation; None uses the global RNG.
 
     Returns:
         The network, in train mode.
@@ -101,4 +124,5 @@ def build_model(name: str = "small_cnn", num_classes: int = 2, in_channels: int 
         close = difflib.get_close_matches(key, MODEL_NAMES, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"build_model: name must be one of {list(MODEL_NAMES)}, got {name!r}.{hint}")
-    return _BUILDERS[key](int(num_classes), int(in_channels))
+    with _seeded(init_seed):
+        return _BUILDERS[key](int(num_classes), int(in_channels))

@@ -50,3 +50,16 @@ def test_build_model_rejects_unknown_name_with_suggestion():
 def test_small_cnn_rejects_single_class():
     with pytest.raises(ConfigError, match="num_classes must be >= 2, got 1"):
         SmallCNN(num_classes=1)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def test_init_seed_makes_initial_weights_reproducible_without_touching_global_rng(name):
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = build_model(name, init_seed=7).state_dict()
+    assert torch.equal(torch.rand(1), expected_next)
+    second = build_model(name, init_seed=7).state_dict()
+    other = build_model(name, init_seed=8).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
