@@ -12,7 +12,8 @@ __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("nvflare_gia.cli")
 
-DEFAULT_DEMO_JOB = "fedavg_cxr"
+DEFAULT_DEMO_JOB = "fedavg_cxr_audit"
+WIDGET_ID = "gia_widget"
 
 
 def _data_spec(data: str | None, seed: int):
@@ -36,13 +37,57 @@ def _accuracy_table(scalars: dict[str, list[tuple[int, float]]]) -> str:
     return "\n".join(lines)
 
 
-def _simulate(job: str, workspace: Path, rounds: int | None, data: str | None, seed: int) -> int:
+def read_metrics_lines(path: Path) -> list[dict]:
+    """Read the widget's ``metrics.jsonl``, skipping a truncated last line (a killed server)."""
+    import json
+
+    records = []
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("skipping an unreadable line in %s", path)
+    return records
+
+
+def _leakage_table(records: list[dict]) -> str:
+    """Format the last attacked round of each site as a text table."""
+    last: dict[str, dict] = {}
+    for record in records:
+        if record.get("round", -1) >= last.get(record["client"], {}).get("round", -1):
+            last[record["client"]] = record
+    header = f"{'site':<8} {'round':>5} {'images':>6} {'status':>8} {'SSIM':>6} {'prior':>6} {'RDLV':>6} {'PSNR':>6} {'labels':>6}  verdict"
+    lines = [header]
+    for client, r in sorted(last.items()):
+        def cell(key: str, fmt: str = "6.3f") -> str:
+            value = r.get(f"gia/{key}")
+            return format(value, fmt) if isinstance(value, (int, float)) else f"{'-':>6}"
+
+        rdlv = r.get("gia/rdlv")
+        verdict = r.get("reason", "") if r.get("gia/status") != "ok" else (
+            "leaks recognisable images (RDLV > 0)" if isinstance(rdlv, (int, float)) and rdlv > 0 else "no more than the prior (RDLV <= 0)"
+        )
+        lines.append(
+            f"{client:<8} {r.get('round', -1):>5} {r.get('num_images', '-'):>6} {r.get('gia/status', '?'):>8} {cell('ssim')} {cell('prior_ssim')} "
+            f"{cell('rdlv')} {cell('psnr', '6.2f')} {cell('label_accuracy')}  {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def _simulate(
+    job: str, workspace: Path, rounds: int | None, data: str | None, seed: int, component_args: dict | None = None
+) -> int:
     from nvflare_gia.data import load_splits
     from nvflare_gia.flare.jobs import prepare_job, read_tb_scalars, run_simulator
+    from nvflare_gia.flare.widget import METRICS_FILE
 
     spec = _data_spec(data, seed)
     num_classes = load_splits(spec).num_classes
-    job_dir = prepare_job(job, workspace / "job", num_rounds=rounds, data_spec=spec, num_classes=num_classes)
+    job_dir = prepare_job(
+        job, workspace / "job", num_rounds=rounds, data_spec=spec, num_classes=num_classes, component_args=component_args
+    )
     logger.info("simulating %s on %s (%d classes) in %s", job, spec.source, num_classes, workspace)
     run = run_simulator(job_dir, workspace / "simulator", clients=spec.site_names)
     if run.returncode != 0:
@@ -50,6 +95,12 @@ def _simulate(job: str, workspace: Path, rounds: int | None, data: str | None, s
         return 1
     scalars = read_tb_scalars(run.server_run_dir)
     sys.stdout.write(_accuracy_table(scalars) + "\n")
+    metrics_path = run.server_run_dir / "gia" / METRICS_FILE
+    records = read_metrics_lines(metrics_path)
+    if records:
+        sys.stdout.write("\nGradient inversion leakage (server-side attack, last attacked round per site):\n")
+        sys.stdout.write(_leakage_table(records) + "\n")
+        sys.stdout.write(f"metrics: {metrics_path}\nreconstructions (truth above, attack below): {metrics_path.parent}/<site>/round_<r>/grid.png\n")
     sys.stdout.write(f"finished in {run.seconds:.0f} s; server run directory: {run.server_run_dir}\n")
     return 0
 
@@ -62,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the main job in the FLARE simulator on embedded synthetic images (or --data)")
     demo.add_argument("--data", default=None, help="a .npz of the shared format, an image folder or a datalist; default: synthetic")
-    demo.add_argument("--rounds", type=int, default=3)
+    demo.add_argument("--rounds", type=int, default=2)
+    demo.add_argument("--attack-seconds", type=float, default=20.0, help="wall-clock budget of each attack")
     demo.add_argument("--workspace", type=Path, default=Path("gia_runs/demo"))
     demo.add_argument("--seed", type=int, default=0)
 
@@ -90,13 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nvflare-gia``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["poc"]:
-        from nvflare_gia import poc
+        from nvflare_gia.flare import poc
 
         return int(poc.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
-        return _simulate(DEFAULT_DEMO_JOB, args.workspace.resolve(), args.rounds, args.data, args.seed)
+        overrides = {WIDGET_ID: {"max_seconds": args.attack_seconds}}
+        return _simulate(DEFAULT_DEMO_JOB, args.workspace.resolve(), args.rounds, args.data, args.seed, overrides)
     if args.command == "simulate":
         workspace = (args.workspace or Path("gia_runs") / Path(args.job).name).resolve()
         return _simulate(args.job, workspace, args.rounds, args.data, args.seed)

@@ -65,8 +65,10 @@ def prepare_job(
     num_rounds: int | None = None,
     data_spec: DataSpec | None = None,
     num_classes: int | None = None,
+    component_args: dict[str, dict] | None = None,
 ) -> Path:
-    """Copy a job folder and apply overrides: rounds, the data spec, and the model's class count.
+    """Copy a job folder and apply overrides: rounds, the data spec, the model's class count, and
+    any server or client component's arguments.
 
     Args:
         source: job folder (or a name under ``jobs/``).
@@ -74,6 +76,8 @@ def prepare_job(
         num_rounds: FedAvg rounds; None keeps the job's value.
         data_spec: written to ``app/config/gia_data.json``; relative file paths are made absolute.
         num_classes: sets ``num_classes`` of the server persistor's model; None keeps it.
+        component_args: ``{component_id: {arg: value}}`` merged into the args of the server or
+            client component with that id (e.g. ``{"gia_widget": {"max_seconds": 20}}``).
 
     Returns:
         The prepared job folder.
@@ -100,6 +104,8 @@ def prepare_job(
             if isinstance(model, dict) and "path" in model:
                 model.setdefault("args", {})["num_classes"] = int(num_classes)
     _dump_json(server_config_path, server_config)
+    if component_args:
+        _override_component_args(config_dir, component_args)
     if data_spec is not None:
         source_value = data_spec.source
         if source_value != "synthetic" and not os.path.isabs(source_value):
@@ -108,7 +114,7 @@ def prepare_job(
     return dst
 
 
-def allow_package_components(local_dir: str | os.PathLike) -> Path:
+def allow_package_components(local_dir: str | os.PathLike, prefixes: Sequence[str] = CLASS_ALLOW_LIST) -> Path:
     """Allow FLARE's and nvflare_gia's components in a site's ``local/resources.json``.
 
     FLARE 2.9 only builds job components whose class path matches the site's ``class_allow_list``
@@ -117,9 +123,13 @@ def allow_package_components(local_dir: str | os.PathLike) -> Path:
 
     Args:
         local_dir: the site's ``local`` folder (created if missing).
+        prefixes: class-path prefixes to allow.
 
     Returns:
         The path of the written ``resources.json``.
+
+    Raises:
+        ConfigError: if an existing ``class_allow_list`` is not a list.
     """
     folder = Path(local_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -127,10 +137,25 @@ def allow_package_components(local_dir: str | os.PathLike) -> Path:
     default_path = folder / "resources.json.default"
     source = resources_path if resources_path.is_file() else default_path
     resources = _load_json(source) if source.is_file() else {}
-    allowed = list(resources.get("class_allow_list", []))
-    resources["class_allow_list"] = allowed + [prefix for prefix in CLASS_ALLOW_LIST if prefix not in allowed]
+    allowed = resources.get("class_allow_list", [])
+    if not isinstance(allowed, list):
+        raise ConfigError(f"allow_package_components: class_allow_list in {source} must be a list, got {allowed!r}.")
+    resources["class_allow_list"] = allowed + [prefix for prefix in prefixes if prefix not in allowed]
     _dump_json(resources_path, resources)
     return resources_path
+
+
+def _override_component_args(config_dir: Path, component_args: dict[str, dict]) -> None:
+    remaining = set(component_args)
+    for config_path in sorted(config_dir.glob("config_fed_*.json")):
+        config = _load_json(config_path)
+        for component in config.get("components", []):
+            if component.get("id") in component_args:
+                component.setdefault("args", {}).update(component_args[component["id"]])
+                remaining.discard(component["id"])
+        _dump_json(config_path, config)
+    if remaining:
+        raise ConfigError(f"prepare_job: component_args names components {sorted(remaining)} that the job does not have.")
 
 
 @dataclasses.dataclass(frozen=True)

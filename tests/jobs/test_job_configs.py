@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from nvflare.fuel.utils.component_builder import ComponentBuilder

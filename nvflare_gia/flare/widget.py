@@ -1,0 +1,337 @@
+"""Server-side FLARE widget that runs the gradient inversion attack on every received update."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import ReservedKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+from nvflare.apis.analytix import AnalyticsDataType
+from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+from nvflare.widgets.widget import Widget
+
+from nvflare_gia.attack import AttackConfig, GradientInversionAttack
+from nvflare_gia.audit import AuditTarget, append_record, audit_update, make_private_dir
+from nvflare_gia.errors import ConfigError
+
+__all__ = ["GradientInversionWidget", "METRICS_FILE"]
+
+METRICS_FILE = "metrics.jsonl"
+_PRIORS = ("flat", "val_mean")
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.array(value, copy=True)
+
+
+def _copy_arrays(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {str(k): _to_numpy(v) for k, v in data.items()}
+
+
+class GradientInversionWidget(Widget):
+    """Attack each selected client's update on the server and record how much it leaks.
+
+    On ``BEFORE_TRAIN_TASK`` it caches the global model of the round; on
+    ``AFTER_CONTRIBUTION_ACCEPT`` it copies the client's update and queues it; a worker thread runs
+    :class:`~nvflare_gia.attack.GradientInversionAttack` off the aggregation path, within a time
+    budget per attack. Nothing it does raises into FLARE: failures are logged and recorded as
+    ``gia/status`` = ``failed``/``skipped``/``not_finished`` with a reason. At ``END_RUN`` it waits for
+    queued attacks at most ``end_run_wait_s`` seconds.
+
+    Outputs (owner-only, inside the server's run directory ``<run_dir>/<output_dir>/``):
+    ``metrics.jsonl`` (one JSON line per client and round), ``<client>/round_<r>/reconstruction.npz``
+    and ``grid.png`` (truth above reconstruction in audit mode), and TensorBoard scalars
+    ``gia/<client>/<metric>`` through FLARE's analytics streaming (add a ``TBAnalyticsReceiver`` that
+    listens to ``analytix_log_stats``). Reconstructions are patient data: they never leave the server.
+
+    Args:
+        clients: client names to attack; None attacks every client.
+        start_round: first round to attack.
+        frequency: attack every ``frequency``-th round from ``start_round``.
+        max_images: skip clients that trained on more images than this (the attack optimises one
+            dummy image per local image).
+        max_seconds: wall-clock budget of one attack.
+        max_iterations: iteration budget of one attack.
+        restarts: attack restarts (the best by matching loss is kept).
+        objective: update-matching objective (see ``nvflare_gia.attack.OBJECTIVES``).
+        seed: attack seed.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        prior: ``flat`` (gray 0.5) or ``val_mean`` (mean image of the data spec's validation split,
+            which is not any site's training data).
+        audit: score reconstructions against each client's true training images, read through the
+            job's data spec (``data_spec_file``): simulator and POC on one machine only.
+        data_spec_file: the job's data spec, relative to the app's config folder.
+        queue_size: updates waiting for the worker; more are skipped and recorded.
+        end_run_wait_s: how long ``END_RUN`` waits for pending attacks.
+        output_dir: folder under the run directory.
+        num_threads: torch threads of the attack; None leaves torch's setting.
+
+    Raises:
+        ConfigError: for an argument outside its allowed values (at construction, i.e. deploy time).
+    """
+
+    def __init__(
+        self,
+        clients: list[str] | None = None,
+        start_round: int = 0,
+        frequency: int = 1,
+        max_images: int = 32,
+        max_seconds: float = 60.0,
+        max_iterations: int = AttackConfig.max_iterations,
+        restarts: int = AttackConfig.restarts,
+        objective: str = AttackConfig.objective,
+        seed: int = AttackConfig.seed,
+        device: str = AttackConfig.device,
+        prior: str = "flat",
+        audit: bool = False,
+        data_spec_file: str = "gia_data.json",
+        queue_size: int = 16,
+        end_run_wait_s: float = 300.0,
+        output_dir: str = "gia",
+        num_threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        if clients is not None and (
+            not isinstance(clients, (list, tuple)) or not clients or not all(isinstance(c, str) and c for c in clients)
+        ):
+            raise ConfigError(f"GradientInversionWidget: clients must be None or a non-empty list of names, got {clients!r}.")
+        for name, value, minimum in (
+            ("start_round", start_round, 0),
+            ("frequency", frequency, 1),
+            ("max_images", max_images, 1),
+            ("queue_size", queue_size, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"GradientInversionWidget: {name} must be an integer >= {minimum}, got {value!r}.")
+        for name, value in (("max_seconds", max_seconds), ("end_run_wait_s", end_run_wait_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"GradientInversionWidget: {name} must be a number > 0, got {value!r}.")
+        if prior not in _PRIORS:
+            raise ConfigError(f"GradientInversionWidget: prior must be one of {list(_PRIORS)}, got {prior!r}.")
+        if not isinstance(output_dir, str) or not output_dir or Path(output_dir).is_absolute() or ".." in Path(output_dir).parts:
+            raise ConfigError(f"GradientInversionWidget: output_dir must be a relative folder name inside the run directory, got {output_dir!r}.")
+        self.clients = clients
+        self.start_round = start_round
+        self.frequency = frequency
+        self.max_images = max_images
+        self.max_seconds = max_seconds
+        self.max_iterations = max_iterations
+        self.restarts = restarts
+        self.objective = objective
+        self.seed = seed
+        self.device = device
+        self.prior = prior
+        self.audit = audit
+        self.data_spec_file = data_spec_file
+        self.queue_size = queue_size
+        self.end_run_wait_s = end_run_wait_s
+        self.output_dir = output_dir
+        self.num_threads = num_threads
+        self._attack = GradientInversionAttack(
+            AttackConfig(
+                max_seconds=max_seconds,
+                max_iterations=max_iterations,
+                restarts=restarts,
+                objective=objective,
+                seed=seed,
+                device=device,
+                num_threads=num_threads,
+            )
+        )
+        self._reset()
+
+    def _reset(self) -> None:
+        self._global_models: dict[int, dict[str, np.ndarray]] = {}
+        self._queue: queue.Queue = queue.Queue(maxsize=self.queue_size)
+        self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._out: Path | None = None
+        self._engine = None
+        self._data_spec = None
+        self._prior_image: np.ndarray | None = None
+        self._in_progress: AuditTarget | None = None
+        self._seen_clients: set[str] = set()
+
+    # ----------------------------------------------------------------- events
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        """Dispatch FLARE events; never raises."""
+        try:
+            if event_type == EventType.START_RUN:
+                self._start(fl_ctx)
+            elif event_type == AppEventType.BEFORE_TRAIN_TASK:
+                self._cache_global_model(fl_ctx)
+            elif event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT:
+                self._enqueue(fl_ctx)
+            elif event_type == EventType.END_RUN:
+                self._finish(fl_ctx)
+        except Exception as e:  # the widget must never break the run
+            self.log_exception(fl_ctx, f"GradientInversionWidget: {event_type} handling failed: {e!r}")
+
+    def _start(self, fl_ctx: FLContext) -> None:
+        self._reset()
+        self._engine = fl_ctx.get_engine()
+        workspace = self._engine.get_workspace()
+        job_id = fl_ctx.get_job_id()
+        self._out = make_private_dir(Path(workspace.get_run_dir(job_id)) / self.output_dir)
+        if self.audit or self.prior == "val_mean":
+            from nvflare_gia.data import DataSpec, load_splits
+
+            self._data_spec = DataSpec.from_json(str(Path(workspace.get_app_config_dir(job_id)) / self.data_spec_file))
+            if self.prior == "val_mean":
+                self._prior_image = load_splits(self._data_spec).val_images.mean(axis=0)
+            if self.clients is not None:
+                unknown = sorted(set(self.clients) - set(self._data_spec.site_names))
+                if unknown:
+                    self.log_warning(fl_ctx, f"clients {unknown} are not in the data spec's site_names {list(self._data_spec.site_names)}")
+        self._worker = threading.Thread(target=self._work, name="gia-attack-worker", daemon=True)
+        self._worker.start()
+        self.log_info(fl_ctx, f"gradient inversion audit on; outputs in {self._out}")
+
+    def _cache_global_model(self, fl_ctx: FLContext) -> None:
+        shareable = fl_ctx.get_prop(AppConstants.TRAIN_SHAREABLE)
+        if not isinstance(shareable, Shareable):
+            return
+        round_index = self._round_of(shareable, fl_ctx)
+        if round_index in self._global_models or not self._selected_round(round_index):
+            return
+        dxo = from_shareable(shareable)
+        if dxo.data_kind != DataKind.WEIGHTS:
+            self.log_warning(fl_ctx, f"round {round_index}: global model of kind {dxo.data_kind} not cached")
+            return
+        self._global_models = {round_index: _copy_arrays(dxo.data)}  # one round in flight under FedAvg
+
+    @staticmethod
+    def _round_of(shareable: Shareable, fl_ctx: FLContext) -> int:
+        value = shareable.get_header(AppConstants.CURRENT_ROUND)
+        if value is None:
+            value = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
+        return int(value)
+
+    def _selected_round(self, round_index: int) -> bool:
+        return round_index >= self.start_round and (round_index - self.start_round) % self.frequency == 0
+
+    def _enqueue(self, fl_ctx: FLContext) -> None:
+        result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
+        if not isinstance(result, Shareable):
+            return
+        client = result.get_peer_prop(ReservedKey.IDENTITY_NAME, None) or fl_ctx.get_peer_context().get_identity_name()
+        round_index = self._round_of(result, fl_ctx)
+        self._seen_clients.add(client)
+        if (self.clients is not None and client not in self.clients) or not self._selected_round(round_index):
+            return
+        record = {"client": client, "round": round_index}
+        global_state = self._global_models.get(round_index)
+        try:
+            dxo = from_shareable(result)
+        except Exception as e:
+            self._record({**record, "gia/status": "failed", "reason": f"malformed update: {e!r}"})
+            return
+        if global_state is None:
+            self._record({**record, "gia/status": "skipped", "reason": "no cached global model for this round"})
+            return
+        num_images = (dxo.meta.get("gia_training") or {}).get("num_images")
+        if isinstance(num_images, int) and num_images > self.max_images:
+            self._record({**record, "gia/status": "skipped", "reason": f"{num_images} local images > max_images={self.max_images}"})
+            return
+        if dxo.data_kind == DataKind.WEIGHT_DIFF:
+            update = _copy_arrays(dxo.data)
+        elif dxo.data_kind == DataKind.WEIGHTS:
+            update = {k: _to_numpy(v) - global_state[k] for k, v in dxo.data.items() if k in global_state}
+        else:
+            self._record({**record, "gia/status": "skipped", "reason": f"data kind {dxo.data_kind} carries no model update"})
+            return
+        target = AuditTarget(client, round_index, global_state, update, copy.deepcopy(dict(dxo.meta)))
+        try:
+            self._queue.put_nowait(target)
+        except queue.Full:
+            self._record({**record, "gia/status": "skipped", "reason": f"attack queue full ({self.queue_size})"})
+
+    # ----------------------------------------------------------------- worker
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                target = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._in_progress = target
+            try:
+                self._record(self._run_attack(target))
+            except Exception as e:  # recorded, never raised
+                logging.getLogger(__name__).exception("attack on %s round %d failed", target.client, target.round)
+                self._record({"client": target.client, "round": target.round, "gia/status": "failed", "reason": repr(e)})
+            finally:
+                self._in_progress = None
+
+    def _run_attack(self, target: AuditTarget) -> dict[str, Any]:
+        truth = None
+        if self.audit and self._data_spec is not None:
+            from nvflare_gia.data import load_site_data
+
+            truth = load_site_data(self._data_spec, target.client)
+        folder = self._out / target.client / f"round_{target.round}"
+        return audit_update(target, self._attack, truth=truth, prior=self._prior_image, output_dir=folder)
+
+    # ----------------------------------------------------------------- output
+    def _record(self, record: dict[str, Any]) -> None:
+        if self._out is None:
+            return
+        record = {**record, "time": time.time()}
+        append_record(self._out / METRICS_FILE, record)
+        self._stream(record)
+
+    def _stream(self, record: dict[str, Any]) -> None:
+        if self._engine is None:
+            return
+        status_value = {"ok": 1.0, "skipped": 0.0, "failed": -1.0, "not_finished": -2.0}.get(record.get("gia/status"), -1.0)
+        scalars = {"status": status_value}
+        scalars.update(
+            {key.split("/", 1)[1]: float(v) for key, v in record.items() if key.startswith("gia/") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        )
+        try:
+            with self._engine.new_context() as fl_ctx:
+                for name, value in scalars.items():
+                    if not np.isfinite(value):
+                        continue
+                    dxo = create_analytic_dxo(
+                        tag=f"gia/{record['client']}/{name}", value=value, data_type=AnalyticsDataType.SCALAR, global_step=int(record["round"])
+                    )
+                    send_analytic_dxo(self, dxo, fl_ctx)
+        except Exception:
+            logging.getLogger(__name__).exception("could not stream leakage metrics to TensorBoard")
+
+    def _finish(self, fl_ctx: FLContext) -> None:
+        deadline = time.monotonic() + self.end_run_wait_s
+        while (not self._queue.empty() or self._in_progress is not None) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self._stopping.set()
+        leftovers = []
+        while True:
+            try:
+                leftovers.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if self._in_progress is not None:
+            leftovers.append(self._in_progress)
+        for target in leftovers:
+            self._record(
+                {"client": target.client, "round": target.round, "gia/status": "not_finished", "reason": f"still pending after end_run_wait_s={self.end_run_wait_s}"}
+            )
+        if self.clients is not None:
+            for missing in sorted(set(self.clients) - self._seen_clients):
+                self._record({"client": missing, "round": -1, "gia/status": "skipped", "reason": "no update received from this client"})
+        self.log_info(fl_ctx, f"gradient inversion audit finished; metrics in {self._out / METRICS_FILE if self._out else None}")

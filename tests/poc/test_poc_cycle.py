@@ -1,0 +1,226 @@
+"""POC cycle through ``nvflare_gia.flare.poc``: prepare → start → submit → finished → download → stop → clean.
+
+The slow tests start a real FLARE POC system (server + 3 clients) on a free port in a temporary
+workspace, with ``HOME`` in the temporary folder too, and always stop and delete it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from nvflare_gia.flare import poc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FEDAVG_CXR = REPO_ROOT / "jobs" / "fedavg_cxr"
+N_CLIENTS = 3
+
+# Bounds for each step of the cycle (seconds). Every wait in the cycle is bounded by one of these.
+START_TIMEOUT_S = 120
+JOB_TIMEOUT_S = {"fedavg_cxr": 900, "np_fedavg": 300}
+STOP_TIMEOUT_S = 90
+
+logger = logging.getLogger(__name__)
+
+
+@pytest.fixture
+def poc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private, writable HOME so ``~/.nvflare/config.conf`` of the machine is left alone."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("NVFLARE_POC_WORKSPACE", raising=False)
+    return home
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_mentioning(path: Path) -> list[tuple[int, str]]:
+    """Processes (other than this one) whose command line contains ``path``: a check independent of poc."""
+    needle = str(path)
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if proc.info["pid"] != me and needle in cmdline:
+            found.append((proc.info["pid"], cmdline))
+    return found
+
+
+def _write_np_job(folder: Path) -> Path:
+    """A 1-round FedAvg job made of FLARE's numpy example components (no custom/ folder)."""
+    config = folder / "app" / "config"
+    config.mkdir(parents=True)
+    meta = {"name": "np_fedavg", "min_clients": N_CLIENTS, "deploy_map": {"app": ["@ALL"]}, "resource_spec": {}}
+    server = {
+        "format_version": 2,
+        "workflows": [
+            {
+                "id": "controller",
+                "path": "nvflare.app_common.workflows.fedavg.FedAvg",
+                "args": {"num_clients": N_CLIENTS, "num_rounds": 1},
+            }
+        ],
+        "components": [{"id": "persistor", "path": "nvflare.app_common.np.np_model_persistor.NPModelPersistor"}],
+    }
+    client = {
+        "format_version": 2,
+        "executors": [{"tasks": ["train"], "executor": {"path": "nvflare.app_common.np.np_trainer.NPTrainer"}}],
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+    (config / "config_fed_server.json").write_text(json.dumps(server))
+    (config / "config_fed_client.json").write_text(json.dumps(client))
+    return folder
+
+
+def _assert_allow_list_patched(workspace: Path) -> None:
+    from nvflare.apis.workspace import Workspace
+    from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAuthorizer
+
+    sites = poc.site_dirs(workspace)
+    assert [s.name for s in sites] == ["server"] + [f"site-{i}" for i in range(1, N_CLIENTS + 1)]
+    for site in sites:
+        resources = json.loads((site / "local" / "resources.json").read_text())
+        assert {"nvflare.", "nvflare_gia."} <= set(resources["class_allow_list"]), site
+        # FLARE's own authorizer must accept our classes for this site (raises UnsafeComponentError if not).
+        ComponentPathAuthorizer().authorize_component_config(
+            {"path": "nvflare_gia.flare.executor.TrainingExecutor"}, workspace=Workspace(str(site))
+        )
+
+
+def _error_logs(workspace: Path, job_id: str, result: Path) -> str:
+    """Tails of the job's error logs: the server's (downloaded) and each client's (in its kit folder)."""
+    logs = {"server": result / "workspace" / "error_log.txt"}
+    logs.update({site.name: site / job_id / "error_log.txt" for site in poc.site_dirs(workspace)[1:]})
+    parts = []
+    for name, path in logs.items():
+        if path.is_file() and path.stat().st_size:
+            parts.append(f"--- {name}: {path}\n{path.read_text()[-1500:]}")
+    return "\n".join(parts) or "(no error_log.txt has content)"
+
+
+def _run_cycle(job: Path, tmp_path: Path) -> dict[str, float]:
+    """Run the whole cycle on ``job``, assert on each step, return the seconds each step took."""
+    workspace = tmp_path / "ws"
+    out_dir = tmp_path / "out"
+    timings: dict[str, float] = {}
+    t0 = last = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal last
+        now = time.monotonic()
+        timings[name] = now - last
+        last = now
+
+    try:
+        poc.prepare(workspace, N_CLIENTS, port=_free_port())
+        lap("prepare")
+        _assert_allow_list_patched(workspace)
+
+        poc.start(workspace, timeout_s=START_TIMEOUT_S)
+        lap("start")
+        job_id = poc.submit(workspace, job)
+        lap("submit")
+        status = poc.wait(workspace, job_id, timeout_s=JOB_TIMEOUT_S[job.name])
+        lap("run")
+        result = poc.download(workspace, job_id, out_dir)
+        lap("download")
+        assert status == poc.COMPLETED, f"job {job_id} ended {status}\n{_error_logs(workspace, job_id, result)}"
+        assert result == out_dir / job_id
+        run_dir = result / "workspace"
+        for name in ("log.txt", "meta.json", "app_server/config/config_fed_server.json"):
+            assert (run_dir / name).is_file(), f"{name} missing from the downloaded server run dir {run_dir}"
+        errors = (run_dir / "error_log.txt").read_text() if (run_dir / "error_log.txt").exists() else ""
+        assert "ComponentNotAuthorized" not in errors and "not in allow_list" not in errors, errors[-2000:]
+
+        killed = poc.stop(workspace, timeout_s=STOP_TIMEOUT_S)
+        lap("stop")
+        assert killed == [], f"poc.stop had to kill {killed}: the system did not shut down by itself"
+        assert _processes_mentioning(workspace) == []
+    finally:
+        try:
+            poc.clean(workspace, timeout_s=STOP_TIMEOUT_S)
+        finally:
+            lap("clean")
+            timings["total"] = time.monotonic() - t0
+            logger.warning("POC cycle of %s: %s", job.name, {k: round(v, 1) for k, v in timings.items()})
+
+    assert _processes_mentioning(workspace) == []
+    assert not workspace.exists()
+    return timings
+
+
+@pytest.mark.slow
+def test_poc_cycle_fedavg_cxr_finishes_completed(tmp_path: Path, poc_home: Path) -> None:
+    if not (FEDAVG_CXR / "meta.json").is_file():
+        pytest.skip(f"{FEDAVG_CXR} does not exist: the job folder must be created before this test can run")
+    _run_cycle(FEDAVG_CXR, tmp_path)
+
+
+@pytest.mark.slow
+def test_poc_cycle_numpy_job_finishes_completed(tmp_path: Path, poc_home: Path) -> None:
+    """Same cycle on FLARE's own numpy components: separates POC problems from job problems."""
+    _run_cycle(_write_np_job(tmp_path / "np_fedavg"), tmp_path)
+
+
+def test_prepare_patches_allow_list_of_server_and_every_site(tmp_path: Path, poc_home: Path) -> None:
+    workspace = tmp_path / "ws"
+    try:
+        poc.prepare(workspace, N_CLIENTS)
+        _assert_allow_list_patched(workspace)
+        # Idempotent: a second patch adds nothing twice.
+        poc.patch_allow_list(workspace)
+        for site in poc.site_dirs(workspace):
+            allow = json.loads((site / "local" / "resources.json").read_text())["class_allow_list"]
+            assert allow.count("nvflare_gia.") == 1 and allow.count("nvflare.") == 1
+        assert _processes_mentioning(workspace) == []
+    finally:
+        poc.clean(workspace)
+    assert not workspace.exists()
+
+
+def test_patch_allow_list_rejects_prefix_without_dot(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ending in '.'"):
+        poc.patch_allow_list(tmp_path / "ws", ["nvflare_gia"])
+
+
+def test_prepare_rejects_workspace_with_space(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="whitespace"):
+        poc.prepare(tmp_path / "my ws")
+
+
+def test_clean_of_missing_workspace_is_a_no_op(tmp_path: Path, poc_home: Path) -> None:
+    poc.clean(tmp_path / "never_prepared")
+    assert not (tmp_path / "never_prepared").exists()
+
+
+def test_main_submit_without_meta_json_exits_1(tmp_path: Path, poc_home: Path) -> None:
+    (tmp_path / "job").mkdir()
+    assert poc.main(["-w", str(tmp_path / "ws"), "submit", str(tmp_path / "job")]) == 1
+
+
+def test_stop_kills_leftover_process_of_workspace_after_timeout(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(workspace / "site-1")])
+    try:
+        assert [p.pid for p in poc.find_processes(workspace)] == [sleeper.pid]
+        assert poc.stop(workspace, timeout_s=1) == [sleeper.pid]
+        sleeper.wait(timeout=10)  # psutil already reaped it; this only must not block
+        assert poc.find_processes(workspace) == []
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
