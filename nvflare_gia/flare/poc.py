@@ -460,11 +460,16 @@ def submit(workspace: str | os.PathLike | None, job_folder: str | os.PathLike, t
     job = Path(job_folder).absolute()
     if not (job / "meta.json").is_file():
         raise FileNotFoundError(f"submit: {job} is not a job folder (no meta.json).")
-    with _admin_session(ws, timeout_s, "submit") as session:
-        try:
-            job_id = session.submit_job(str(job))
-        except Exception as e:
-            raise RuntimeError(f"submit: the server rejected {job}: {e}") from e
+    # FLARE signs the submitted folder in place (.__nvfl_sig.json files): submit a copy so the
+    # user's job folder stays clean.
+    with tempfile.TemporaryDirectory(prefix="gia_submit_") as staging:
+        staged = Path(staging) / job.name
+        shutil.copytree(job, staged, ignore=shutil.ignore_patterns(".__nvfl_*"))
+        with _admin_session(ws, timeout_s, "submit") as session:
+            try:
+                job_id = session.submit_job(str(staged))
+            except Exception as e:
+                raise RuntimeError(f"submit: the server rejected {job}: {e}") from e
     logger.info("submitted %s as job %s", job, job_id)
     return job_id
 

@@ -134,6 +134,7 @@ def _run_cycle(job: Path, tmp_path: Path) -> dict[str, float]:
         lap("start")
         job_id = poc.submit(workspace, job)
         lap("submit")
+        assert not list(job.rglob(".__nvfl_*")), "submit must not sign the user's job folder in place"
         status = poc.wait(workspace, job_id, timeout_s=JOB_TIMEOUT_S[job.name])
         lap("run")
         result = poc.download(workspace, job_id, out_dir)
