@@ -50,9 +50,16 @@ class AuditTarget:
 
 
 def make_private_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` (and parents) readable by the owner only (0700): reconstructions are patient data."""
+    """Create ``path`` owner-only (0700), and every missing parent too: reconstructions are patient data."""
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+    missing = []
+    cursor = folder
+    while not cursor.exists():
+        missing.append(cursor)
+        cursor = cursor.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=_DIR_MODE, exist_ok=True)
+        os.chmod(directory, _DIR_MODE)
     os.chmod(folder, _DIR_MODE)
     return folder
 

@@ -166,6 +166,7 @@ class GradientInversionWidget(Widget):
         self._prior_image: np.ndarray | None = None
         self._in_progress: AuditTarget | None = None
         self._seen_clients: set[str] = set()
+        self._drain_deadline: float | None = None
 
     # ----------------------------------------------------------------- events
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -177,6 +178,8 @@ class GradientInversionWidget(Widget):
                 self._cache_global_model(fl_ctx)
             elif event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT:
                 self._enqueue(fl_ctx)
+            elif event_type == EventType.ABOUT_TO_END_RUN:
+                self._drain(fl_ctx)
             elif event_type == EventType.END_RUN:
                 self._finish(fl_ctx)
         except Exception as e:  # the widget must never break the run
@@ -314,10 +317,20 @@ class GradientInversionWidget(Widget):
         except Exception:
             logging.getLogger(__name__).exception("could not stream leakage metrics to TensorBoard")
 
-    def _finish(self, fl_ctx: FLContext) -> None:
-        deadline = time.monotonic() + self.end_run_wait_s
+    def _drain(self, fl_ctx: FLContext) -> None:
+        # Wait here, before END_RUN, so the last metrics still reach receivers that close at END_RUN.
+        # One deadline for the whole run: ABOUT_TO_END_RUN and END_RUN together wait at most end_run_wait_s.
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.end_run_wait_s
+        deadline = self._drain_deadline
+        pending = not self._queue.empty() or self._in_progress is not None
+        if pending:
+            self.log_info(fl_ctx, f"waiting up to {self.end_run_wait_s:.0f} s for pending attacks")
         while (not self._queue.empty() or self._in_progress is not None) and time.monotonic() < deadline:
             time.sleep(0.2)
+
+    def _finish(self, fl_ctx: FLContext) -> None:
+        self._drain(fl_ctx)
         self._stopping.set()
         leftovers = []
         while True:

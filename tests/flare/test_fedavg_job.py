@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-
-from nvflare_gia.data import DataSpec
-from nvflare_gia.flare.jobs import prepare_job, read_tb_scalars, run_simulator
+from nvflare_gia.flare.jobs import read_tb_scalars
 from nvflare_gia.models import SmallCNN
 
 pytestmark = pytest.mark.slow
-
-
-def _saved_global_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    paths = sorted(run_dir.rglob("FL_global_model.pt"))
-    assert paths, f"no FL_global_model.pt under {run_dir}"
-    saved = torch.load(paths[0], map_location="cpu", weights_only=False)
-    return saved["model"] if "model" in saved else saved
-
-
-@pytest.fixture(scope="module")
-def fedavg_run(tmp_path_factory, nih_cxr_path):
-    root = tmp_path_factory.mktemp("fedavg")
-    job = prepare_job("fedavg_cxr", root / "job", num_rounds=2, data_spec=DataSpec(source=str(nih_cxr_path)))
-    return run_simulator(job, root / "ws", timeout_s=600)
 
 
 def test_fedavg_job_completes_in_simulator(fedavg_run):
@@ -40,9 +22,9 @@ def test_fedavg_job_aggregates_every_site_in_both_rounds(fedavg_run):
     assert "Round 1 started." in server_log
 
 
-def test_fedavg_job_changes_the_global_model(fedavg_run):
+def test_fedavg_job_changes_the_global_model(fedavg_run, load_global_model):
     initial = SmallCNN(init_seed=0).state_dict()
-    final = _saved_global_model(fedavg_run.server_run_dir)
+    final = load_global_model(fedavg_run.server_run_dir)
     assert set(final) == set(initial)
     for key in ("features.0.weight", "classifier.weight", "features.1.running_mean"):
         delta = torch.as_tensor(final[key]).float() - initial[key].float()
