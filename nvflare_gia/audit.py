@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from nvflare_gia.attack import GradientInversionAttack, ThreatModel
 from nvflare_gia.data import SiteData
@@ -150,6 +151,7 @@ def audit_update(
     truth: SiteData | None = None,
     prior: np.ndarray | None = None,
     output_dir: str | os.PathLike | None = None,
+    classifier: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Attack one update and score it.
 
@@ -161,6 +163,8 @@ def audit_update(
             against its training images. Without it only ground-truth-free metrics are reported.
         prior: an image not from the client (None = flat gray 0.5), used by the attack and by RDLV.
         output_dir: where to write ``reconstruction.npz`` and ``grid.png``; None writes nothing.
+        classifier: a reference classifier; with ``truth`` its accuracy on the reconstructions is
+            reported as ``gia/attacker_accuracy`` (Jiang et al. 2025).
 
     Returns:
         A flat record: ``client``, ``round``, ``gia/status`` (``"ok"``), the ``gia/<metric>`` values,
@@ -184,6 +188,7 @@ def audit_update(
             ground_truth_indices=np.arange(len(truth_images)),
             update_residual=float(result.stats["update_residual"]),
             bn_residual=float(result.stats["bn_residual"]),
+            classifier=classifier,
         )
         record.update(report.to_dict())
         order = [gt for _, gt in report.matching]

@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--json", required=True)
     attack.add_argument("--seconds", type=float, default=60.0)
     attack.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    defenses = bench_commands.add_parser("defenses", help="privacy-utility of every defense (TMI 2023 protocol)")
+    defenses.add_argument("--quick", action="store_true", help="smaller grid, fewer rounds (same protocol)")
+    defenses.add_argument("--data", default=None)
+    defenses.add_argument("--json", required=True)
+    defenses.add_argument("--rounds", type=int, default=None)
+    defenses.add_argument("--attack-seconds", type=float, default=None)
+    defenses.add_argument("--defenses", nargs="+", default=None, help="subset: gaussian laplacian shadow latent")
+    defenses.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -157,6 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nvflare_gia.bench.attack_bench import run_attack_benchmark
 
         run_attack_benchmark(quick=args.quick, data=args.data, json_path=args.json, seconds=args.seconds, device=args.device)
+        return 0
+    if args.command == "bench" and args.bench_command == "defenses":
+        from nvflare_gia.bench.defense_bench import run_defense_benchmark
+
+        run_defense_benchmark(
+            quick=args.quick, data=args.data, json_path=args.json, rounds=args.rounds,
+            attack_seconds=args.attack_seconds, defenses=args.defenses, seed=args.seed,
+        )
         return 0
     return 2
 

@@ -1,0 +1,234 @@
+"""``nvflare-gia bench defenses``: privacy–utility of every defense on the TMI 2023 protocol.
+
+The protocol of DESIGN.md, run in process with the same code the FLARE job runs (the client's
+``train_local``, the core defenses the filters wrap, FedAvg weighted by local steps as FLARE's
+``FedAvg`` does, and the server widget's ``audit_update``): a high-risk site (1 image, batch 1),
+two small sites (8 images, batch 4) and a large site (the rest, batch 8); ``SmallCNN``; SGD lr 0.01,
+one local epoch. Every defense is applied on every site, as its job folder does. Utility is the
+final global model's accuracy and F1 on the test split; leakage is the attack on the high-risk
+site's defended update in the last round, scored against its true image.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import importlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nvflare_gia.attack import AttackConfig, GradientInversionAttack
+from nvflare_gia.audit import AuditTarget, audit_update
+from nvflare_gia.data import DataSpec, load_site_data, load_splits, load_test_data
+from nvflare_gia.defenses import DefenseContext
+from nvflare_gia.errors import ConfigError
+from nvflare_gia.models import build_model
+from nvflare_gia.training import TrainingConfig, evaluate, train_local
+
+__all__ = ["DEFENSE_FACTORIES", "QUICK_GRID", "FULL_GRID", "run_defense_benchmark", "equal_utility"]
+
+logger = logging.getLogger(__name__)
+
+SITES = ("site-1", "site-2", "site-3", "site-4")
+HIGH_RISK_SITE = "site-1"
+RUN_KEYS = ("defense", "params", "accuracy", "f1", "ssim", "psnr", "mse", "rdlv", "attacker_accuracy", "filter_seconds")
+
+#: defense name -> (module, defense class, config class)
+DEFENSE_FACTORIES: dict[str, tuple[str, str, str]] = {
+    "gaussian": ("nvflare_gia.defenses", "GaussianNoise", "GaussianNoiseConfig"),
+    "laplacian": ("nvflare_gia.defenses", "LaplacianNoise", "LaplacianNoiseConfig"),
+    "shadow": ("nvflare_gia.defenses", "ShadowModelDefense", "ShadowModelConfig"),
+    "latent": ("nvflare_gia.defenses", "LatentPerturbation", "LatentPerturbationConfig"),
+}
+
+#: strengths, weakest first (the equal-utility pick is the strongest within 1 point of no defense)
+QUICK_GRID: dict[str, list[dict[str, Any]]] = {
+    "none": [{}],
+    "gaussian": [{"sigma0": 0.1}, {"sigma0": 1.0}],
+    "laplacian": [{"b": 1e-4}, {"b": 1e-3}],
+    "shadow": [{"budget": 0.5}, {"budget": 2.0}],
+    "latent": [{}, {"epsilon": 1.0}],
+}
+FULL_GRID: dict[str, list[dict[str, Any]]] = {
+    "none": [{}],
+    "gaussian": [{"sigma0": 0.03}, {"sigma0": 0.1}, {"sigma0": 0.3}, {"sigma0": 1.0}],
+    "laplacian": [{"b": 3e-5}, {"b": 1e-4}, {"b": 3e-4}, {"b": 1e-3}],
+    "shadow": [{"budget": 0.25}, {"budget": 0.5}, {"budget": 1.0}, {"budget": 2.0}],
+    "latent": [{"epsilon": 0.1}, {}, {"epsilon": 1.0}],
+}
+
+
+def build_defense(name: str, params: Mapping[str, Any], seed: int):
+    """Build a core defense by name with ``params`` overriding its config defaults."""
+    if name not in DEFENSE_FACTORIES:
+        raise ConfigError(f"build_defense: name must be one of {sorted(DEFENSE_FACTORIES)}, got {name!r}.")
+    module_name, class_name, config_name = DEFENSE_FACTORIES[name]
+    module = importlib.import_module(module_name)
+    config = getattr(module, config_name)(**{**params, "seed": seed})
+    return getattr(module, class_name)(config)
+
+
+def _state(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _fedavg(global_state: dict[str, np.ndarray], updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.ndarray]:
+    """FLARE FedAvg on WEIGHT_DIFF: global + Σ steps_i·Δ_i / Σ steps_i (integer buffers rounded back)."""
+    total = float(sum(steps for _, steps in updates))
+    new_state = {}
+    for key, value in global_state.items():
+        mean_delta = sum(np.asarray(update[key], dtype=np.float64) * steps for update, steps in updates) / total
+        new_state[key] = (value.astype(np.float64) + mean_delta).astype(value.dtype) if np.issubdtype(value.dtype, np.floating) else np.rint(value + mean_delta).astype(value.dtype)
+    return new_state
+
+
+def _reference_classifier(spec: DataSpec, seed: int, epochs: int) -> torch.nn.Module:
+    """A classifier trained centrally on the whole training split (Jiang et al. 2025's judge)."""
+    splits = load_splits(spec)
+    model = build_model("small_cnn", splits.num_classes, init_seed=seed + 1)
+    train_local(model, splits.train_images, splits.train_labels, 32, TrainingConfig(optimizer="adam", lr=1e-3, local_epochs=epochs, seed=seed))
+    return model.eval()
+
+
+def _run_one(
+    defense_name: str,
+    params: Mapping[str, Any],
+    *,
+    spec: DataSpec,
+    rounds: int,
+    attack: GradientInversionAttack,
+    reference: torch.nn.Module,
+    seed: int,
+) -> dict[str, Any]:
+    sites = {name: load_site_data(spec, name) for name in SITES}
+    test_images, test_labels = load_test_data(spec)
+    training = TrainingConfig(seed=seed)
+    num_classes = sites[HIGH_RISK_SITE].num_classes
+    model = build_model("small_cnn", num_classes, init_seed=seed)
+    global_state = _state(model)
+    defense = None if defense_name == "none" else build_defense(defense_name, params, seed)
+    filter_seconds: list[float] = []
+    audited: AuditTarget | None = None
+    for round_index in range(rounds):
+        updates = []
+        for name, site in sites.items():
+            model.load_state_dict({k: torch.as_tensor(v) for k, v in global_state.items()})
+            steps = train_local(model, site.train_images, site.train_labels, site.batch_size, training, round_index=round_index)
+            update = {k: v - global_state[k] for k, v in _state(model).items()}
+            meta = {
+                "NUM_STEPS_CURRENT_ROUND": steps,
+                "gia_training": {
+                    **training.to_dict(), "batch_size": site.batch_size, "num_images": len(site.train_labels), "model": "small_cnn",
+                    "num_classes": num_classes, "in_channels": int(site.train_images.shape[1]), "image_size": int(site.train_images.shape[-1]),
+                },
+            }
+            if defense is not None:
+                context = DefenseContext.from_training_meta(meta, images=site.train_images, labels=site.train_labels, round_index=round_index)
+                outcome = defense.apply(update, global_state=global_state, context=context)
+                update = {k: np.asarray(v) for k, v in outcome.update.items()}
+                filter_seconds.append(outcome.seconds)
+            if name == HIGH_RISK_SITE and round_index == rounds - 1:
+                audited = AuditTarget(name, round_index, copy.deepcopy(global_state), update, meta)
+            updates.append((update, steps))
+        global_state = _fedavg(global_state, updates)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in global_state.items()})
+    utility = evaluate(model, test_images, test_labels)
+    record = audit_update(audited, attack, truth=sites[HIGH_RISK_SITE], classifier=reference)
+
+    return {
+        "defense": defense_name,
+        "params": dict(params),
+        "accuracy": utility["accuracy"],
+        "f1": utility["f1"],
+        "ssim": record["gia/ssim"],
+        "psnr": record["gia/psnr"],
+        "mse": record["gia/mse"],
+        "rdlv": record["gia/rdlv"],
+        "attacker_accuracy": record["gia/attacker_accuracy"],
+        "filter_seconds": float(np.mean(filter_seconds)) if filter_seconds else 0.0,
+    }
+
+
+def equal_utility(runs: Sequence[Mapping[str, Any]], tolerance: float = 0.01) -> dict[str, dict[str, Any]]:
+    """For each defense, its strongest setting (last in grid order) whose accuracy is within
+    ``tolerance`` of no defense; a defense with no such setting is left out."""
+    baseline = next((r["accuracy"] for r in runs if r["defense"] == "none"), None)
+    picks: dict[str, dict[str, Any]] = {}
+    if baseline is None:
+        return picks
+    for run in runs:
+        if run["accuracy"] >= baseline - tolerance:
+            picks[run["defense"]] = dict(run)
+    return picks
+
+
+def run_defense_benchmark(
+    *,
+    quick: bool,
+    data: str | None,
+    json_path: str,
+    rounds: int | None = None,
+    attack_seconds: float | None = None,
+    defenses: Sequence[str] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run the privacy–utility benchmark and write ``json_path`` and a CSV beside it.
+
+    Args:
+        quick: a smaller grid and fewer rounds (same protocol).
+        data: a ``.npz`` of the shared format; None uses ``../shared/data/nih_cxr1000_64.npz``
+            when present, synthetic images otherwise.
+        json_path: output JSON (``{"runs": [...], "equal_utility": {...}}``).
+        rounds: FL rounds (default 5 quick, 15 full).
+        attack_seconds: attack budget per run (default 30 quick, 60 full).
+        defenses: subset of the grid's defense names.
+        seed: seed of model init, shuffling, noise and attack.
+
+    Returns:
+        The JSON content.
+    """
+    grid = QUICK_GRID if quick else FULL_GRID
+    if defenses is not None:
+        unknown = sorted(set(defenses) - set(grid))
+        if unknown:
+            raise ConfigError(f"run_defense_benchmark: defenses must be among {sorted(grid)}, got {unknown}.")
+        grid = {k: v for k, v in grid.items() if k in defenses or k == "none"}
+    rounds = rounds or (5 if quick else 15)
+    source = data or _default_data()
+    spec = DataSpec(source=source, site_names=SITES, seed=seed)
+    attack = GradientInversionAttack(AttackConfig(max_seconds=attack_seconds or (30.0 if quick else 60.0), seed=seed))
+    reference = _reference_classifier(spec, seed, epochs=3 if quick else 8)
+    runs = []
+    logger.info("%-10s %-22s %8s %6s %6s %6s %7s %6s %8s", "defense", "params", "accuracy", "f1", "ssim", "rdlv", "psnr", "att.acc", "filter_s")
+    for name, settings in grid.items():
+        for params in settings:
+            started = time.monotonic()
+            run = _run_one(name, params, spec=spec, rounds=rounds, attack=attack, reference=reference, seed=seed)
+            runs.append(run)
+            logger.info(
+                "%-10s %-22s %8.3f %6.3f %6.3f %6.3f %7.2f %6.2f %8.3f  (%.0f s)",
+                name, json.dumps(params), run["accuracy"], run["f1"], run["ssim"], run["rdlv"], run["psnr"],
+                run["attacker_accuracy"] if run["attacker_accuracy"] is not None else float("nan"), run["filter_seconds"], time.monotonic() - started,
+            )
+    result = {"runs": runs, "equal_utility": equal_utility(runs), "protocol": {"data": str(source), "rounds": rounds, "seed": seed, "quick": quick}}
+    out = Path(json_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_KEYS)
+        writer.writeheader()
+        for run in runs:
+            writer.writerow({**run, "params": json.dumps(run["params"])})
+    return result
+
+
+def _default_data() -> str:
+    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "nih_cxr1000_64.npz"
+    return str(path) if path.is_file() else "synthetic"
