@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     defenses.add_argument("--attack-seconds", type=float, default=None)
     defenses.add_argument("--defenses", nargs="+", default=None, help="subset: gaussian laplacian shadow latent")
     defenses.add_argument("--seed", type=int, default=0)
+    overhead = bench_commands.add_parser("overhead", help="seconds of each defense on 1M- and 11M-parameter updates")
+    overhead.add_argument("--json", required=True)
+    overhead.add_argument("--repeats", type=int, default=5)
+    overhead.add_argument("--data", default=None)
     return parser
 
 
@@ -173,6 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             quick=args.quick, data=args.data, json_path=args.json, rounds=args.rounds,
             attack_seconds=args.attack_seconds, defenses=args.defenses, seed=args.seed,
         )
+        return 0
+    if args.command == "bench" and args.bench_command == "overhead":
+        from nvflare_gia.bench.overhead_bench import run_overhead_benchmark
+
+        run_overhead_benchmark(json_path=args.json, repeats=args.repeats, data=args.data)
         return 0
     return 2
 
