@@ -1,0 +1,589 @@
+"""The BatchNorm-aware gradient inversion attack of Hatamizadeh et al., IEEE TMI 2023.
+
+"Do Gradient Inversion Attacks Make Federated Learning Unsafe?" (Hatamizadeh, Yin, Molchanov,
+Myronenko, Li, Dogra, Feng, Flores, Kautz, Xu, Roth; IEEE TMI 2023). The server
+
+1. recovers the batch statistics of every BatchNorm layer from the update of its running buffers
+   (:mod:`nvflare_gia.attack.bn_stats`),
+2. recovers the labels from the classifier's update, or optimises soft labels
+   (:mod:`nvflare_gia.attack.labels`),
+3. optimises dummy images so that a differentiable replay of the client's local training
+   (:mod:`nvflare_gia.attack.simulate`) reproduces the update (an objective from
+   :data:`nvflare_gia.attack.objectives.OBJECTIVES`), while the dummies' BatchNorm batch statistics
+   match the recovered ones, with image priors (:data:`nvflare_gia.attack.regularizers.REGULARIZERS`),
+4. within iteration and wall-clock budgets, with several restarts, keeping the restart with the
+   lowest matching loss (never chosen with the ground truth).
+
+The attack uses only what the server sees: the global state dict, the update of every state-dict
+entry, the training configuration (:class:`nvflare_gia.attack.threat_model.ThreatModel`) and an
+optional prior image that is not from the attacked client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nvflare_gia.attack.bn_stats import BNStatistics, recover_bn_statistics
+from nvflare_gia.attack.labels import LabelRecovery, LabelStrategy, look_up_label_strategy, recover_labels
+from nvflare_gia.attack.objectives import FlatLayout, look_up_objective
+from nvflare_gia.attack.regularizers import bn_matching_loss, prior_distance, range_penalty, total_variation
+from nvflare_gia.attack.simulate import LocalTrainingSimulator
+from nvflare_gia.attack.threat_model import ThreatModel, bn_momenta
+from nvflare_gia.errors import ConfigError, DataError
+from nvflare_gia.models import build_model
+
+__all__ = [
+    "Parametrization",
+    "InitName",
+    "DeviceName",
+    "AttackConfig",
+    "AttackResult",
+    "GradientInversionAttack",
+    "validate_update",
+    "resolve_device",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _look_up(enum_cls: type[enum.Enum], value: Any, owner: str, arg: str) -> str:
+    choices = [e.value for e in enum_cls]
+    key = str(value.value if isinstance(value, enum.Enum) else value).lower()
+    if key not in choices:
+        close = difflib.get_close_matches(key, choices, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{owner}: {arg} must be one of {choices}, got {value!r}.{hint}")
+    return key
+
+
+class Parametrization(str, enum.Enum):
+    """How the optimised variables map to images in [0, 1].
+
+    ``sigmoid``: ``x = sigmoid(z)``. ``clamp``: ``x = z``, projected onto [0, 1] after every step.
+    ``penalty``: ``x = z`` unconstrained with the range penalty, clamped only at the end.
+    """
+
+    SIGMOID = "sigmoid"
+    CLAMP = "clamp"
+    PENALTY = "penalty"
+
+
+class InitName(str, enum.Enum):
+    """Initialisation of the dummy images: ``noise`` (uniform in [0, 1]) or ``prior`` (prior + noise)."""
+
+    NOISE = "noise"
+    PRIOR = "prior"
+
+
+class DeviceName(str, enum.Enum):
+    """Where the attack runs: ``auto`` (CUDA when available, CPU otherwise), ``cpu`` or ``cuda``."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def _check_number(owner: str, name: str, value: Any, *, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{owner}: {name} must be a finite number, got {value!r}.")
+    if value < low or value > high or (low_open and value == low):
+        bound = f"> {low}" if low_open else f">= {low}"
+        if math.isfinite(high):
+            bound += f" and <= {high}"
+        raise ConfigError(f"{owner}: {name} must be {bound}, got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """Configuration of :class:`GradientInversionAttack`.
+
+    Args:
+        objective: update-matching objective, a key of
+            :data:`nvflare_gia.attack.objectives.OBJECTIVES` (``l2``, ``cosine``, ``layer_cosine``).
+        bn_weight: weight of the BatchNorm-statistics matching term (>= 0).
+        tv_weight: weight of the total-variation prior (>= 0).
+        range_weight: weight of the range penalty (>= 0; used by ``parametrization="penalty"``).
+        prior_weight: weight of the squared distance to the prior image (>= 0).
+        label_strategy: ``auto``, ``analytic`` or ``soft`` (see
+            :class:`nvflare_gia.attack.labels.LabelStrategy`).
+        parametrization: ``sigmoid``, ``clamp`` or ``penalty`` (see :class:`Parametrization`).
+        init: ``noise`` or ``prior`` (see :class:`InitName`).
+        max_iterations: optimisation steps per restart (>= 1).
+        max_seconds: wall-clock budget of one :meth:`GradientInversionAttack.reconstruct` call,
+            shared by the restarts; ``None`` for no time limit (then the result is deterministic).
+        restarts: independent restarts (>= 1); the one with the lowest matching loss wins.
+        lr: Adam learning rate on the image variables (> 0).
+        lr_decay: the learning rate decays by a cosine from ``lr`` to ``lr * lr_decay`` over each
+            restart's budget (in [0, 1]).
+        seed: seed of the initialisations (each restart gets its own stream).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        log_every: seconds between progress log lines (> 0).
+        num_threads: CPU threads torch may use during the attack (restored afterwards); ``None``
+            leaves the process setting alone. On a busy machine one thread is often fastest for
+            batch 1.
+
+    Raises:
+        ConfigError: for an unknown option or a value outside its range.
+
+    Example:
+        >>> AttackConfig(max_iterations=200, restarts=1, max_seconds=None).objective
+        'cosine'
+    """
+
+    objective: str = "cosine"
+    bn_weight: float = 0.01
+    tv_weight: float = 0.01
+    range_weight: float = 1.0
+    prior_weight: float = 0.0
+    label_strategy: str = LabelStrategy.AUTO.value
+    parametrization: str = Parametrization.SIGMOID.value
+    init: str = InitName.NOISE.value
+    max_iterations: int = 10_000
+    max_seconds: float | None = 60.0
+    restarts: int = 4
+    lr: float = 0.1
+    lr_decay: float = 0.01
+    seed: int = 0
+    device: str = DeviceName.AUTO.value
+    log_every: float = 10.0
+    num_threads: int | None = None
+    signed_gradients: bool = False
+
+    def __post_init__(self) -> None:
+        owner = "AttackConfig"
+        look_up_objective_name = _objective_key(self.objective)
+        object.__setattr__(self, "objective", look_up_objective_name)
+        try:
+            object.__setattr__(self, "label_strategy", look_up_label_strategy(self.label_strategy).value)
+        except ConfigError as exc:
+            raise ConfigError(f"{owner}: {exc}") from None
+        object.__setattr__(self, "parametrization", _look_up(Parametrization, self.parametrization, owner, "parametrization"))
+        object.__setattr__(self, "init", _look_up(InitName, self.init, owner, "init"))
+        object.__setattr__(self, "device", _look_up(DeviceName, self.device, owner, "device"))
+        for name in ("bn_weight", "tv_weight", "range_weight", "prior_weight"):
+            _check_number(owner, name, getattr(self, name), low=0.0)
+        _check_number(owner, "lr", self.lr, low=0.0, low_open=True)
+        _check_number(owner, "lr_decay", self.lr_decay, low=0.0, high=1.0)
+        _check_number(owner, "log_every", self.log_every, low=0.0, low_open=True)
+        for name in ("max_iterations", "restarts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{owner}: {name} must be an integer >= 1, got {value!r}.")
+        if self.max_seconds is not None:
+            _check_number(owner, "max_seconds", self.max_seconds, low=0.0, low_open=True)
+        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise ConfigError(f"{owner}: num_threads must be an integer >= 1 or None, got {self.num_threads!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"{owner}: seed must be an integer, got {self.seed!r}.")
+
+
+def _objective_key(name: Any) -> str:
+    try:
+        look_up_objective(name)
+    except ConfigError as exc:
+        raise ConfigError(f"AttackConfig: {exc}") from None
+    return str(name.value if isinstance(name, enum.Enum) else name).lower()
+
+
+@dataclasses.dataclass
+class AttackResult:
+    """What the attack returns.
+
+    Attributes:
+        images: reconstructions, float32 ``(num_images, C, H, W)`` in [0, 1].
+        labels: integer labels ``(num_images,)`` (recovered, or the argmax of the soft labels).
+        stats: ``iterations``, ``seconds``, ``ms_per_iteration``, ``best_loss`` (matching loss of
+            the winning restart), ``update_residual`` (``||sim - ΔW|| / ||ΔW||`` over the
+            parameters; lower = the reconstruction explains the update better = more leakage),
+            ``bn_residual`` (relative error of the BatchNorm statistics), ``restart_losses``,
+            ``best_restart``, ``label_method``, ``device``.
+        soft_labels: class probabilities ``(num_images, num_classes)`` when labels were optimised.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    stats: dict[str, Any]
+    soft_labels: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        """Metrics that need no ground truth, under ``gia/<metric>`` keys (lower residual = more leakage)."""
+        return {
+            "gia/update_residual": float(self.stats["update_residual"]),
+            "gia/bn_residual": float(self.stats["bn_residual"]),
+            "gia/attack_seconds": float(self.stats["seconds"]),
+            "gia/attack_iterations": float(self.stats["iterations"]),
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map ``auto``/``cpu``/``cuda`` to a device (``auto``: CUDA when available).
+
+    Raises:
+        ConfigError: for ``cuda`` when no CUDA device is available, or an unknown name.
+    """
+    key = _look_up(DeviceName, name, "resolve_device", "device")
+    if key == DeviceName.AUTO.value:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if key == DeviceName.CUDA.value and not torch.cuda.is_available():
+        raise ConfigError("resolve_device: device 'cuda' was requested but CUDA is not available; use 'auto' or 'cpu'.")
+    return torch.device(key)
+
+
+def _to_tensor(value: Any, where: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu").clone()
+    try:
+        array = np.array(value, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where} is not an array ({type(value).__name__}).") from exc
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise DataError(f"{where} is not numeric (dtype {array.dtype}).")
+    return torch.from_numpy(array)
+
+
+def validate_update(model: nn.Module, global_state: Mapping, update: Mapping) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Check ``global_state`` and ``update`` against ``model``'s state dict and return CPU copies.
+
+    Every problem is collected first and reported in one error.
+
+    Args:
+        model: the network the threat model names.
+        global_state: the global state dict the server sent (tensors or numpy arrays).
+        update: ``new_state - global_state`` for every state-dict entry.
+
+    Returns:
+        ``(global_state, update)`` as new dicts of tensors in the model's dtypes.
+
+    Raises:
+        TypeError: if either argument is not a mapping.
+        DataError: naming each missing, unexpected, mis-shaped or non-finite entry and both shapes.
+    """
+    for arg, value in (("global_state", global_state), ("update", update)):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"GradientInversionAttack: {arg} must be a mapping of name -> tensor, got {type(value).__name__}.")
+    expected = model.state_dict()
+    problems: list[str] = []
+    out_global: dict[str, torch.Tensor] = {}
+    out_update: dict[str, torch.Tensor] = {}
+    for arg, source, out in (("global_state", global_state, out_global), ("update", update, out_update)):
+        missing = [k for k in expected if k not in source]
+        unexpected = [k for k in source if k not in expected]
+        if missing:
+            problems.append(f"{arg} lacks {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)} entries the model has)")
+        if unexpected:
+            problems.append(f"{arg} has {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} which the model lacks")
+        for key, reference in expected.items():
+            if key not in source:
+                continue
+            try:
+                tensor = _to_tensor(source[key], f"{arg}[{key!r}]")
+            except DataError as exc:
+                problems.append(str(exc))
+                continue
+            if tuple(tensor.shape) != tuple(reference.shape):
+                against = "global model has" if arg == "update" else "model expects"
+                problems.append(f"{arg}[{key!r}] has shape {tuple(tensor.shape)}; {against} {tuple(reference.shape)}")
+                continue
+            tensor = tensor.to(reference.dtype)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                problems.append(f"{arg}[{key!r}] has non-finite values")
+                continue
+            out[key] = tensor
+    if problems:
+        raise DataError("GradientInversionAttack: malformed input: " + "; ".join(problems) + ".")
+    return out_global, out_update
+
+
+def _prepare_prior(prior: Any, threat: ThreatModel) -> torch.Tensor:
+    shape = (threat.in_channels, threat.image_size, threat.image_size)
+    if prior is None:
+        return torch.full((1, *shape), 0.5)
+    tensor = _to_tensor(prior, "prior")
+    if tensor.dtype == torch.uint8:
+        tensor = tensor.float() / 255.0
+    tensor = tensor.float()
+    if tensor.dim() == 2 and threat.in_channels == 1:
+        tensor = tensor[None]
+    if tensor.dim() == 3:
+        tensor = tensor[None]
+    if tensor.dim() != 4 or tuple(tensor.shape[1:]) != shape or tensor.shape[0] not in (1, threat.num_images):
+        raise DataError(
+            f"GradientInversionAttack: prior has shape {tuple(_to_tensor(prior, 'prior').shape)}; expected "
+            f"{shape}, (1, *{shape}) or ({threat.num_images}, *{shape})."
+        )
+    if not bool(torch.isfinite(tensor).all()) or float(tensor.min()) < 0.0 or float(tensor.max()) > 1.0:
+        raise DataError("GradientInversionAttack: prior values must be finite and in [0, 1].")
+    return tensor
+
+
+class GradientInversionAttack:
+    """BatchNorm-aware gradient inversion after Hatamizadeh et al., IEEE TMI 2023.
+
+    Args:
+        config: the attack configuration; ``None`` uses the :class:`AttackConfig` defaults.
+
+    Raises:
+        TypeError: if ``config`` is not an :class:`AttackConfig`.
+
+    Example:
+        >>> import copy, torch
+        >>> from nvflare_gia.models import SmallCNN
+        >>> from nvflare_gia.training import TrainingConfig, train_local
+        >>> torch.manual_seed(0); model = SmallCNN()
+        >>> before = copy.deepcopy(model.state_dict())
+        >>> _ = train_local(model, torch.rand(1, 1, 16, 16), torch.tensor([1]), 1, TrainingConfig())
+        >>> update = {k: v - before[k] for k, v in model.state_dict().items()}
+        >>> attack = GradientInversionAttack(AttackConfig(max_iterations=20, restarts=1, max_seconds=None))
+        >>> result = attack.reconstruct(before, update, ThreatModel(image_size=16))
+        >>> result.images.shape, result.labels.tolist()
+        ((1, 1, 16, 16), [1])
+    """
+
+    def __init__(self, config: AttackConfig | None = None) -> None:
+        if config is None:
+            config = AttackConfig()
+        if not isinstance(config, AttackConfig):
+            raise TypeError(f"GradientInversionAttack: config must be an AttackConfig, got {type(config).__name__}.")
+        self.config = config
+
+    def reconstruct(
+        self, global_state: Mapping, update: Mapping, threat: ThreatModel, prior: Any = None
+    ) -> AttackResult:
+        """Reconstruct the client's images from its update.
+
+        Args:
+            global_state: the global model's state dict the server sent (BatchNorm buffers included).
+            update: ``new_state - global_state`` for every state-dict entry (FLARE ``WEIGHT_DIFF``).
+            threat: the client's training configuration as the server knows it.
+            prior: an image not from the attacked client, ``(H, W)``, ``(C, H, W)``, ``(1, C, H, W)``
+                or ``(num_images, C, H, W)`` in [0, 1]; ``None`` is a flat gray 0.5 image. It
+                initialises (``init="prior"``), regularises (``prior_weight``) and drives the
+                mean-softmax estimate of label counting.
+
+        Returns:
+            The :class:`AttackResult`.
+
+        Raises:
+            TypeError: if ``threat`` is not a :class:`ThreatModel` or a state is not a mapping.
+            DataError: for a malformed update or global state (missing key, wrong shape,
+                non-finite value) or a malformed prior.
+        """
+        if not isinstance(threat, ThreatModel):
+            raise TypeError(f"GradientInversionAttack: threat must be a ThreatModel, got {type(threat).__name__}.")
+        if self.config.num_threads is None:
+            return self._reconstruct(global_state, update, threat, prior)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.config.num_threads)
+        try:
+            return self._reconstruct(global_state, update, threat, prior)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _reconstruct(self, global_state: Mapping, update: Mapping, threat: ThreatModel, prior: Any) -> AttackResult:
+        cfg = self.config
+        started = time.perf_counter()
+        model = build_model(threat.model, threat.num_classes, threat.in_channels)
+        global_tensors, update_tensors = validate_update(model, global_state, update)
+        model.load_state_dict(global_tensors)
+        model.train()
+        device = resolve_device(cfg.device)
+        prior_tensor = _prepare_prior(prior, threat)
+
+        momenta = bn_momenta(model, threat.bn_momentum)
+        self._check_step_count(update_tensors, threat)
+        recovered = recover_bn_statistics(global_tensors, update_tensors, momenta, threat.num_steps)
+        label_info = recover_labels(
+            model, global_tensors, update_tensors, threat,
+            strategy=cfg.label_strategy, prior=prior_tensor, bn_statistics=recovered,
+        )
+        simulator = LocalTrainingSimulator(model, threat, device=device)
+        names = simulator.param_names
+        target = torch.cat([update_tensors[n].reshape(-1) for n in names]).to(device, torch.float32)
+        layout = FlatLayout.from_sizes([update_tensors[n].numel() for n in names], device)
+        recovered_dev = {k: BNStatistics(v.mean.to(device), v.var.to(device)) for k, v in recovered.items()}
+        prior_dev = prior_tensor.to(device)
+
+        shape = (threat.num_images, threat.in_channels, threat.image_size, threat.image_size)
+        deadline = None if cfg.max_seconds is None else started + float(cfg.max_seconds)
+        restart_losses: list[float] = []
+        best: tuple[float, torch.Tensor, torch.Tensor | None] | None = None
+        best_restart = -1
+        iterations = 0
+        optimise_seconds = 0.0
+        for restart in range(cfg.restarts):
+            now = time.perf_counter()
+            if deadline is not None and restart > 0 and now >= deadline:
+                logger.info("time budget spent after %d of %d restarts", restart, cfg.restarts)
+                break
+            restart_deadline = None if deadline is None else now + (deadline - now) / (cfg.restarts - restart)
+            loss, images, soft, its = self._run_restart(
+                restart, shape, simulator, target, layout, recovered_dev, label_info, prior_dev, restart_deadline, device
+            )
+            optimise_seconds += time.perf_counter() - now
+            iterations += its
+            restart_losses.append(loss)
+            if best is None or loss < best[0]:
+                best, best_restart = (loss, images, soft), restart
+        assert best is not None
+        best_loss, images, soft = best
+        labels_used = self._labels_tensor(label_info, soft, threat, device)
+        sim = simulator.run(images, labels_used, create_graph=False)
+        flat = torch.cat([sim.update[n].reshape(-1) for n in names]).detach()
+        update_residual = float((flat - target).norm() / target.norm().clamp_min(1e-12))
+        bn_err = sum(float((sim.bn_statistics[k].mean - v.mean).pow(2).sum().detach() + (sim.bn_statistics[k].var - v.var).pow(2).sum().detach()) for k, v in recovered_dev.items())
+        bn_ref = sum(float(v.mean.pow(2).sum() + v.var.pow(2).sum()) for v in recovered_dev.values())
+        bn_residual = math.sqrt(bn_err / bn_ref) if bn_ref > 0 else 0.0
+        seconds = time.perf_counter() - started
+        soft_np = None
+        if soft is not None:
+            soft_np = torch.softmax(soft, dim=1).cpu().numpy().astype(np.float32)
+            labels_np = soft_np.argmax(axis=1).astype(np.int64)
+        else:
+            labels_np = np.asarray(label_info.labels, dtype=np.int64)
+        stats = {
+            "iterations": iterations,
+            "seconds": seconds,
+            "ms_per_iteration": 1000.0 * optimise_seconds / max(iterations, 1),
+            "best_loss": best_loss,
+            "update_residual": update_residual,
+            "bn_residual": bn_residual,
+            "restart_losses": restart_losses,
+            "best_restart": best_restart,
+            "label_method": label_info.method,
+            "device": str(device),
+        }
+        logger.info(
+            "attack done: %d iterations in %.1f s (%.2f ms/it), best loss %.4g (restart %d), update residual %.3g, bn residual %.3g",
+            iterations, seconds, stats["ms_per_iteration"], best_loss, best_restart, update_residual, bn_residual,
+        )
+        out = images.detach().clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
+        return AttackResult(images=out, labels=labels_np, stats=stats, soft_labels=soft_np)
+
+    @staticmethod
+    def _check_step_count(update: Mapping[str, torch.Tensor], threat: ThreatModel) -> None:
+        for key, value in update.items():
+            if key.endswith("num_batches_tracked"):
+                steps = int(round(float(value)))
+                if steps != threat.num_steps:
+                    logger.warning(
+                        "update[%r] = %d local steps but the threat model says %d; the simulation follows the threat model",
+                        key, steps, threat.num_steps,
+                    )
+                return
+
+    @staticmethod
+    def _labels_tensor(label_info: LabelRecovery, soft: torch.Tensor | None, threat: ThreatModel, device: torch.device) -> torch.Tensor:
+        if soft is not None:
+            return torch.softmax(soft.to(device), dim=1)
+        return torch.as_tensor(label_info.labels, dtype=torch.long, device=device)
+
+    def _images(self, z: torch.Tensor) -> torch.Tensor:
+        if self.config.parametrization == Parametrization.SIGMOID.value:
+            return torch.sigmoid(z)
+        return z
+
+    def _initial_variables(self, restart: int, shape: tuple[int, ...], prior: torch.Tensor, device: torch.device) -> torch.Tensor:
+        cfg = self.config
+        generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + restart)
+        if cfg.init == InitName.PRIOR.value:
+            x = (prior.expand(shape) + 0.1 * torch.randn(shape, generator=generator)).clamp(0.01, 0.99)
+        else:
+            x = torch.rand(shape, generator=generator).clamp(0.01, 0.99)
+        if cfg.parametrization == Parametrization.SIGMOID.value:
+            x = torch.logit(x)
+        return x.to(device).requires_grad_(True)
+
+    def _run_restart(
+        self,
+        restart: int,
+        shape: tuple[int, ...],
+        simulator: LocalTrainingSimulator,
+        target: torch.Tensor,
+        layout: FlatLayout,
+        recovered: Mapping[str, BNStatistics],
+        label_info: LabelRecovery,
+        prior: torch.Tensor,
+        deadline: float | None,
+        device: torch.device,
+    ) -> tuple[float, torch.Tensor, torch.Tensor | None, int]:
+        cfg = self.config
+        objective = look_up_objective(cfg.objective)
+        z = self._initial_variables(restart, shape, prior, device)
+        variables = [z]
+        soft = None
+        if label_info.labels is None:
+            soft = torch.zeros(shape[0], simulator.threat.num_classes, device=device, requires_grad=True)
+            variables.append(soft)
+            hard = None
+        else:
+            hard = torch.as_tensor(label_info.labels, dtype=torch.long, device=device)
+        optimizer = torch.optim.Adam(variables, lr=cfg.lr)
+        names = simulator.param_names
+        start = time.perf_counter()
+        budget = None if deadline is None else max(deadline - start, 1e-9)
+        last_log = start
+        best_loss = math.inf
+        best_images = self._images(z).detach().clone()
+        best_soft = None if soft is None else soft.detach().clone()
+        iteration = 0
+        for iteration in range(cfg.max_iterations):
+            now = time.perf_counter()
+            progress = iteration / cfg.max_iterations
+            if budget is not None:
+                progress = max(progress, (now - start) / budget)
+                if progress >= 1.0:
+                    break
+            lr = cfg.lr * (cfg.lr_decay + (1.0 - cfg.lr_decay) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = self._images(z)
+            labels = hard if soft is None else torch.softmax(soft, dim=1)
+            sim = simulator.run(images, labels, create_graph=True)
+            flat = torch.cat([sim.update[n].reshape(-1) for n in names])
+            matching = objective(flat, target, layout)
+            if cfg.bn_weight:
+                matching = matching + cfg.bn_weight * bn_matching_loss(sim.bn_statistics, recovered)
+            total = matching
+            if cfg.tv_weight:
+                total = total + cfg.tv_weight * total_variation(images)
+            if cfg.prior_weight:
+                total = total + cfg.prior_weight * prior_distance(images, prior)
+            if cfg.range_weight and cfg.parametrization == Parametrization.PENALTY.value:
+                total = total + cfg.range_weight * range_penalty(z)
+            value = float(matching.detach())
+            if not math.isfinite(value):
+                logger.warning("restart %d: non-finite matching loss at iteration %d; stopping this restart", restart, iteration)
+                break
+            if value < best_loss:
+                best_loss = value
+                best_images = images.detach().clone()
+                best_soft = None if soft is None else soft.detach().clone()
+            grads = torch.autograd.grad(total, variables)
+            for variable, grad in zip(variables, grads):
+                variable.grad = grad.sign() if cfg.signed_gradients else grad
+            optimizer.step()
+            if cfg.parametrization == Parametrization.CLAMP.value:
+                with torch.no_grad():
+                    z.clamp_(0.0, 1.0)
+            if now - last_log >= cfg.log_every:
+                last_log = now
+                left = "unbounded" if deadline is None else f"{max(deadline - now, 0.0):.1f} s"
+                logger.info(
+                    "restart %d/%d iteration %d: best matching loss %.5g, lr %.3g, time left %s",
+                    restart + 1, cfg.restarts, iteration, best_loss, lr, left,
+                )
+        else:
+            iteration = cfg.max_iterations
+        logger.info("restart %d/%d finished after %d iterations: best matching loss %.5g", restart + 1, cfg.restarts, iteration, best_loss)
+        return best_loss, best_images, best_soft, iteration

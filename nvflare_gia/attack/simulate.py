@@ -1,0 +1,233 @@
+"""Differentiable replay of a client's local training round (:func:`nvflare_gia.training.train_local`).
+
+The attack optimises dummy images so that this replay reproduces the client's update. The replay
+runs the network with :func:`torch.func.functional_call` on explicit parameter and buffer tensors,
+BatchNorm in train mode, mean cross-entropy, and re-implements the optimizer step of
+``torch.optim.SGD`` (momentum, weight decay, no dampening, no Nesterov) and ``torch.optim.Adam``
+(betas 0.9/0.999, eps 1e-8, L2 weight decay) as plain tensor maths, so that with
+``create_graph=True`` the whole round is differentiable in the images (and soft labels).
+
+The dummy images are split into mini-batches in index order (``[0:B]``, ``[B:2B]``, ..., the last
+one smaller), the same split every epoch: the dummies are free variables, so the client's shuffling
+only permutes which dummy plays which image.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from nvflare_gia.attack.bn_stats import BNStatistics, ema_step_weights
+from nvflare_gia.attack.threat_model import ThreatModel, bn_momenta
+from nvflare_gia.errors import DataError
+from nvflare_gia.training import OptimizerName
+
+__all__ = ["SimulationResult", "LocalTrainingSimulator", "simulate_local_training"]
+
+logger = logging.getLogger(__name__)
+
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+
+
+@dataclasses.dataclass
+class SimulationResult:
+    """Outcome of one simulated round.
+
+    Attributes:
+        update: ``{state_dict key: new - old}`` for every state-dict entry. Parameter entries are
+            differentiable in the images when ``create_graph=True``; buffer entries
+            (BatchNorm running statistics, ``num_batches_tracked``) are exact values, detached.
+        bn_statistics: per BatchNorm layer, the batch mean and UNBIASED batch variance of its
+            input, averaged over the steps with the weights of
+            :func:`nvflare_gia.attack.bn_stats.ema_step_weights` (the quantity
+            :func:`nvflare_gia.attack.bn_stats.recover_bn_statistics` recovers); differentiable.
+        losses: the training loss of each step (detached floats).
+    """
+
+    update: dict[str, torch.Tensor]
+    bn_statistics: dict[str, BNStatistics]
+    losses: list[float]
+
+
+class LocalTrainingSimulator:
+    """Replays ``train_local`` from fixed global weights on dummy images, differentiably.
+
+    The simulator deep-copies ``model`` (whose weights are the global model) once; every call
+    starts again from those weights and buffers, so it can be called once per attack iteration.
+
+    Args:
+        model: the network holding the global model's weights and buffers (not modified).
+        threat: optimizer, learning rate, momentum, weight decay, batch split and BatchNorm momentum.
+        device: where to run; ``None`` keeps the model's device.
+
+    Raises:
+        DataError: if the model has no parameters.
+
+    Example:
+        >>> from nvflare_gia.models import SmallCNN
+        >>> sim = LocalTrainingSimulator(SmallCNN(), ThreatModel(image_size=16))
+        >>> result = sim.run(torch.rand(1, 1, 16, 16), torch.tensor([1]), create_graph=False)
+        >>> sorted(result.update)[:2]
+        ['classifier.bias', 'classifier.weight']
+    """
+
+    def __init__(self, model: nn.Module, threat: ThreatModel, device: torch.device | str | None = None) -> None:
+        self.threat = threat
+        self.model = copy.deepcopy(model)
+        if device is not None:
+            self.model.to(device)
+        self.model.train()
+        named_params = [(n, p) for n, p in self.model.named_parameters()]
+        if not named_params:
+            raise DataError("LocalTrainingSimulator: the model has no parameters to simulate.")
+        self.device = named_params[0][1].device
+        self.param_names = [n for n, _ in named_params]
+        self._params0 = [p.detach().clone().requires_grad_(True) for _, p in named_params]
+        self._buffers0 = {n: b.detach().clone() for n, b in self.model.named_buffers()}
+        self.momenta = bn_momenta(self.model, threat.bn_momentum)
+        self.bn_layers = list(self.momenta)
+        self._bn_weights = self._step_weights()
+        self._records: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in self.bn_layers}
+        self._recording = False
+        modules = dict(self.model.named_modules())
+        for name in self.bn_layers:
+            modules[name].register_forward_pre_hook(self._make_hook(name))
+
+    def _step_weights(self) -> dict[str, list[float]]:
+        steps = self.threat.num_steps
+        weights: dict[str, list[float]] = {}
+        for name, m in self.momenta.items():
+            weights[name] = [1.0 / steps] * steps if m is None else [float(w) for w in ema_step_weights(m, steps)]
+        return weights
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if self._recording:
+                x = args[0]
+                dims = [0] + list(range(2, x.dim()))
+                var, mean = torch.var_mean(x, dim=dims, correction=1)
+                self._records[name].append((mean, var))
+
+        return hook
+
+    @property
+    def global_params(self) -> list[torch.Tensor]:
+        """The global parameters (leaf tensors, in ``named_parameters`` order)."""
+        return self._params0
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor, *, create_graph: bool = True) -> SimulationResult:
+        """Simulate the round on ``images`` with ``labels``.
+
+        Args:
+            images: dummy images ``(num_images, C, H, W)``.
+            labels: integer labels ``(num_images,)`` or class probabilities ``(num_images, num_classes)``.
+            create_graph: keep the graph so the result is differentiable in ``images``/``labels``.
+
+        Returns:
+            The :class:`SimulationResult`.
+
+        Raises:
+            DataError: if the number of images disagrees with the threat model.
+        """
+        threat = self.threat
+        if images.shape[0] != threat.num_images or labels.shape[0] != threat.num_images:
+            raise DataError(
+                f"LocalTrainingSimulator: expected {threat.num_images} images and labels, "
+                f"got {images.shape[0]} images and {labels.shape[0]} labels."
+            )
+        cfg = threat.training
+        lr, wd, mu = float(cfg.lr), float(cfg.weight_decay), float(cfg.momentum)
+        adam = cfg.optimizer == OptimizerName.ADAM.value
+        params = list(self._params0)
+        deltas: list[torch.Tensor | None] = [None] * len(params)
+        state1: list[torch.Tensor | None] = [None] * len(params)
+        state2: list[torch.Tensor | None] = [None] * len(params)
+        buffers = {n: b.clone() for n, b in self._buffers0.items()}
+        for records in self._records.values():
+            records.clear()
+        losses: list[float] = []
+        batch_sizes = threat.batch_sizes
+        self._recording = True
+        try:
+            start = 0
+            for step, size in enumerate(batch_sizes):
+                if start >= threat.num_images:
+                    start = 0
+                x, y = images[start : start + size], labels[start : start + size]
+                start += size
+                tensors = dict(zip(self.param_names, params))
+                tensors.update(buffers)
+                logits = functional_call(self.model, tensors, (x,))
+                loss = F.cross_entropy(logits, y)
+                losses.append(float(loss.detach()))
+                grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+                new_params = []
+                for i, (p, g) in enumerate(zip(params, grads)):
+                    if g is None:  # unused parameter: torch optimizers skip it
+                        new_params.append(p)
+                        continue
+                    if wd:
+                        g = g + wd * p
+                    if adam:
+                        t = step + 1
+                        b1, b2 = _ADAM_BETAS
+                        state1[i] = (1 - b1) * g if state1[i] is None else b1 * state1[i] + (1 - b1) * g
+                        state2[i] = (1 - b2) * g * g if state2[i] is None else b2 * state2[i] + (1 - b2) * g * g
+                        denom = torch.sqrt(state2[i].clamp_min(1e-30)) / math.sqrt(1 - b2**t) + _ADAM_EPS
+                        d = -(lr / (1 - b1**t)) * state1[i] / denom
+                    else:
+                        if mu:
+                            state1[i] = g if state1[i] is None else mu * state1[i] + g
+                            g = state1[i]
+                        d = -lr * g
+                    deltas[i] = d if deltas[i] is None else deltas[i] + d
+                    new_p = self._params0[i] + deltas[i]
+                    new_params.append(new_p if create_graph else new_p.detach().requires_grad_(True))
+                params = new_params
+        finally:
+            self._recording = False
+        update: dict[str, torch.Tensor] = {}
+        for name, p0, d in zip(self.param_names, self._params0, deltas):
+            update[name] = d if d is not None else torch.zeros_like(p0)
+            if not create_graph:
+                update[name] = update[name].detach()
+        for name, b in buffers.items():
+            update[name] = b - self._buffers0[name]
+        bn_statistics = {}
+        for name in self.bn_layers:
+            records = self._records[name]
+            weights = self._bn_weights[name]
+            mean = sum(w * r[0] for w, r in zip(weights, records))
+            var = sum(w * r[1] for w, r in zip(weights, records))
+            bn_statistics[name] = BNStatistics(mean=mean, var=var)
+            records.clear()
+        return SimulationResult(update=update, bn_statistics=bn_statistics, losses=losses)
+
+
+def simulate_local_training(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, *, create_graph: bool = True
+) -> SimulationResult:
+    """Functional twin of :class:`LocalTrainingSimulator`: one simulated round from ``model``'s weights.
+
+    Args:
+        model: the network holding the global weights (not modified).
+        images: images ``(num_images, C, H, W)``.
+        labels: integer labels ``(num_images,)`` or class probabilities ``(num_images, num_classes)``.
+        threat: the client's training configuration.
+        create_graph: keep the graph for differentiation in ``images``.
+
+    Returns:
+        The :class:`SimulationResult`.
+
+    Raises:
+        DataError: if the number of images disagrees with the threat model.
+    """
+    return LocalTrainingSimulator(model, threat).run(images, labels, create_graph=create_graph)
