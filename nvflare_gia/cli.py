@@ -101,6 +101,10 @@ def _simulate(
         sys.stdout.write("\nGradient inversion leakage (server-side attack, last attacked round per site):\n")
         sys.stdout.write(_leakage_table(records) + "\n")
         sys.stdout.write(f"metrics: {metrics_path}\nreconstructions (truth above, attack below): {metrics_path.parent}/<site>/round_<r>/grid.png\n")
+        from nvflare_gia.report import write_run_report
+
+        report_path = write_run_report(run.server_run_dir)
+        sys.stdout.write(f"report: {report_path}\n")
     sys.stdout.write(f"finished in {run.seconds:.0f} s; server run directory: {run.server_run_dir}\n")
     return 0
 
@@ -147,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_argument("--json", required=True)
     overhead.add_argument("--repeats", type=int, default=5)
     overhead.add_argument("--data", default=None)
+
+    report = commands.add_parser("report", help="self-contained HTML + Markdown leakage report of a run (or of a benchmark JSON with --bench)")
+    report.add_argument("run_dir", nargs="?", type=Path, default=None, metavar="RUN_DIR",
+                        help="server run dir, simulator workspace, its gia folder or a downloaded job folder")
+    report.add_argument("--bench", type=Path, default=None, metavar="OUT.json", help="a JSON of `bench defenses` or `bench overhead` instead of RUN_DIR")
+    report.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder; default RUN_DIR/gia_report, or OUT_report beside OUT.json")
     return parser
 
 
@@ -182,6 +192,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nvflare_gia.bench.overhead_bench import run_overhead_benchmark
 
         run_overhead_benchmark(json_path=args.json, repeats=args.repeats, data=args.data)
+        return 0
+    if args.command == "report":
+        from nvflare_gia.errors import GIAError
+        from nvflare_gia.report import write_bench_report, write_run_report
+
+        if (args.run_dir is None) == (args.bench is None):
+            logger.error("report: give either RUN_DIR or --bench OUT.json, got %s", "both" if args.bench is not None else "neither")
+            return 2
+        try:
+            html_path = write_bench_report(args.bench, args.out) if args.bench is not None else write_run_report(args.run_dir, args.out)
+        except GIAError as e:
+            logger.error("%s", e)
+            return 2
+        sys.stdout.write(f"report: {html_path}\nsummary: {html_path.with_name('summary.md')}\n")
         return 0
     return 2
 
