@@ -427,14 +427,22 @@ def _admin_session(ws: Path, timeout_s: float, caller: str) -> Iterator:
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
     kit = admin_kit_dir(ws)
+    deadline = time.monotonic() + timeout_s
     with contextlib.redirect_stdout(sys.stderr):
-        try:
-            session = new_secure_session(ADMIN_USER, str(kit), timeout=timeout_s)
-        except Exception as e:
-            raise RuntimeError(
-                f"{caller}: cannot connect to the POC server of {ws} as {ADMIN_USER} within {timeout_s:g} s "
-                f"(is it started?): {e}"
-            ) from e
+        # A server still settling (or a loaded machine) can fail a login outright rather than
+        # time out; retry with a fresh session until the deadline.
+        while True:
+            try:
+                session = new_secure_session(ADMIN_USER, str(kit), timeout=max(5.0, deadline - time.monotonic()))
+                break
+            except Exception as e:
+                if time.monotonic() + 3.0 >= deadline:
+                    raise RuntimeError(
+                        f"{caller}: cannot connect to the POC server of {ws} as {ADMIN_USER} within {timeout_s:g} s "
+                        f"(is it started?): {e}"
+                    ) from e
+                logger.warning("%s: admin login failed (%s); retrying", caller, e)
+                time.sleep(3.0)
         try:
             yield session
         finally:
