@@ -1,0 +1,1 @@
+"""Benchmarks behind ``nvflare-gia bench`` (no nvflare import): attack, defenses, overhead."""

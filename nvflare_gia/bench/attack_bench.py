@@ -1,0 +1,121 @@
+"""``nvflare-gia bench attack``: attack strength and cost on the TMI 2023 single-step setting.
+
+Protocol: images ``0..B-1`` of ``train_images`` (scaled to [0, 1]); ``SmallCNN`` initialised with
+``torch.manual_seed(0)``, untrained, BatchNorm in train mode; the client takes one SGD step (lr
+0.01, cross-entropy) on those B images; the attack gets ``seconds`` of wall time and only what the
+server sees (global model, update, hyperparameters, a flat gray prior). Metrics after Hungarian
+matching against the true images; RDLV relative to the flat prior's SSIM.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nvflare_gia.attack import AttackConfig, GradientInversionAttack, ThreatModel
+from nvflare_gia.data import load_npz
+from nvflare_gia.errors import DataError
+from nvflare_gia.metrics import evaluate_leakage
+from nvflare_gia.models import build_model
+from nvflare_gia.training import TrainingConfig, train_local
+
+__all__ = ["run_attack_benchmark", "DEFAULT_DATA"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "nih_cxr1000_64.npz"
+RUN_KEYS = (
+    "model", "batch_size", "seconds", "iterations", "ms_per_iteration", "ms_per_train_step",
+    "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy",
+)
+
+
+def _train_step_ms(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, repeats: int = 20) -> float:
+    """Milliseconds of one local SGD step (forward, backward, update) on the attacked batch."""
+    config = TrainingConfig()
+    trial = copy.deepcopy(model)
+    train_local(trial, images, labels, len(labels), config)  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        train_local(trial, images, labels, len(labels), config)
+    return 1000.0 * (time.perf_counter() - started) / repeats
+
+
+def _one_run(model_name: str, images: np.ndarray, labels: np.ndarray, num_classes: int, seconds: float, device: str) -> dict[str, Any]:
+    batch = len(labels)
+    torch.manual_seed(0)
+    model = build_model(model_name, num_classes=num_classes, in_channels=images.shape[1])
+    model.train()
+    global_state = copy.deepcopy(model.state_dict())
+    x, y = torch.as_tensor(images), torch.as_tensor(labels)
+    step_ms = _train_step_ms(model, x, y)
+    client = copy.deepcopy(model)
+    train_local(client, x, y, batch, TrainingConfig())
+    update = {k: v - global_state[k] for k, v in client.state_dict().items()}
+    threat = ThreatModel(
+        model=model_name, num_classes=num_classes, in_channels=images.shape[1], image_size=images.shape[-1],
+        batch_size=batch, num_images=batch,
+    )
+    result = GradientInversionAttack(AttackConfig(max_seconds=seconds, device=device)).reconstruct(global_state, update, threat)
+    report = evaluate_leakage(result.images, images, reconstructed_labels=result.labels, true_labels=labels)
+    return {
+        "model": model_name,
+        "batch_size": batch,
+        "seconds": float(result.stats["seconds"]),
+        "iterations": int(result.stats["iterations"]),
+        "ms_per_iteration": float(result.stats["ms_per_iteration"]),
+        "ms_per_train_step": step_ms,
+        "ssim": report.ssim,
+        "psnr": report.psnr,
+        "mse": report.mse,
+        "rdlv": report.rdlv,
+        "prior_ssim": report.prior_ssim,
+        "label_accuracy": report.label_accuracy,
+    }
+
+
+def run_attack_benchmark(*, quick: bool, data: str | None, json_path: str, seconds: float = 60.0, device: str = "auto") -> dict:
+    """Run the attack benchmark and write ``json_path`` (``{"runs": [...]}``).
+
+    Args:
+        quick: batch sizes 1 and 4 with ``SmallCNN``; the full run adds batch 8 and MONAI's ResNet-18.
+        data: a ``.npz`` of the shared format (any square size, any number of classes); None uses
+            ``../shared/data/nih_cxr1000_64.npz``.
+        json_path: output file.
+        seconds: wall-clock budget per attack.
+        device: ``auto``, ``cpu`` or ``cuda``.
+
+    Returns:
+        The JSON content.
+
+    Raises:
+        DataError: if the data file is missing or has fewer images than the largest batch.
+    """
+    path = Path(data) if data else DEFAULT_DATA
+    if not path.is_file():
+        raise DataError(f"run_attack_benchmark: data must be an existing .npz file, got {str(path)!r}.")
+    splits = load_npz(path)
+    plan = [("small_cnn", 1), ("small_cnn", 4)] + ([] if quick else [("small_cnn", 8), ("resnet18", 1), ("resnet18", 4)])
+    runs = []
+    for model_name, batch in plan:
+        if batch > len(splits.train_labels):
+            raise DataError(f"run_attack_benchmark: data has {len(splits.train_labels)} training images, fewer than batch {batch}.")
+        run = _one_run(model_name, splits.train_images[:batch], splits.train_labels[:batch], splits.num_classes, seconds, device)
+        runs.append(run)
+        logger.info(
+            "%-10s B=%d: SSIM %.3f (prior %.3f, RDLV %+.3f) PSNR %.2f dB, labels %.2f, %d iterations, %.1f ms/it vs %.1f ms/train step",
+            model_name, batch, run["ssim"], run["prior_ssim"], run["rdlv"], run["psnr"], run["label_accuracy"], run["iterations"],
+            run["ms_per_iteration"], run["ms_per_train_step"],
+        )
+    result = {"runs": runs, "protocol": {"data": str(path), "seconds": seconds, "device": device, "quick": quick}}
+    out = Path(json_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
