@@ -142,8 +142,8 @@ class AttackConfig:
     """
 
     objective: str = "cosine"
-    bn_weight: float = 0.01
-    tv_weight: float = 0.01
+    bn_weight: float = 0.1
+    tv_weight: float = 0.001
     range_weight: float = 1.0
     prior_weight: float = 0.0
     label_strategy: str = LabelStrategy.AUTO.value
