@@ -94,7 +94,11 @@ def add_noise(
         chunk = buffer[start:stop]
         fill(chunk, torch.Generator().manual_seed(_chunk_seed(seed, index)))
         noise = chunk.numpy()
-        squared = float(np.dot(noise, noise))
+        with np.errstate(over="ignore", under="ignore"):
+            squared = float(np.dot(noise, noise))
+        if not 1e-30 < squared < 1e30:  # a float32 sum of squares under/overflows outside this range
+            wide = noise.astype(np.float64)
+            squared = float(np.dot(wide, wide))
         if isinstance(source, torch.Tensor):
             chunk.add_(source[start:stop])
         else:

@@ -16,11 +16,15 @@ Each filter
   the client's training hyperparameters from ``meta["gia_training"]``;
 * records ``meta["gia_defense"] = {"name", "params", "noise_norm", "seconds"}``;
 * fails closed: on any problem (a result that is not a ``WEIGHTS``/``WEIGHT_DIFF`` DXO, NaN/Inf,
-  shapes that differ from the cached global model, a missing global model or site data, an
-  exception inside the defense) it raises ``ContentBlockedException``, so FLARE replies
+  shapes that differ from the cached global model, an integer or bool entry where the global model
+  holds floating-point values, a missing global model or site data, an exception inside the
+  defense, an entry the defense must change that comes out unchanged because the noise is below
+  the resolution of its values) it raises ``ContentBlockedException``, so FLARE replies
   ``TASK_RESULT_FILTER_ERROR`` and no undefended update leaves the site. It never returns the
-  undefended update and never returns None. Error replies (return code not OK) without a DXO pass
-  through; an error reply that still carries a DXO is blocked.
+  undefended update and never returns None. Error replies (return code not OK) pass through only
+  when they carry nothing but headers (or a DXO without data); one that carries anything else
+  (a DXO with data, arrays in another entry or in its headers) is blocked, since FLARE's own
+  ``DXOFilter`` would pass it on unfiltered.
 
 Arguments are validated at construction (through the core ``*Config``), so a bad job
 configuration fails at deployment. The core defense is built once per filter and owns its random
@@ -41,7 +45,7 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.filter import ContentBlockedException
 from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable
+from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.app_constant import AppConstants
 
 from nvflare_gia.data import SiteData, load_site_data
@@ -56,7 +60,15 @@ from nvflare_gia.defenses import (
     ShadowModelConfig,
     ShadowModelDefense,
 )
-from nvflare_gia.defenses._update import copy_value, is_perturbable, restore_like, to_numpy, validate_update
+from nvflare_gia.defenses._update import (
+    copy_value,
+    is_bn_running_stat,
+    is_floating,
+    is_perturbable,
+    restore_like,
+    to_numpy,
+    validate_update,
+)
 from nvflare_gia.defenses.base import Defense
 from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.flare.client_train import DEFAULT_DATA_SPEC_FILE, resolve_data_spec
@@ -74,6 +86,7 @@ __all__ = [
 GIA_DEFENSE_META_KEY = "gia_defense"
 
 _SUPPORTED_KINDS = [DataKind.WEIGHT_DIFF, DataKind.WEIGHTS]
+_DXO_KEY = "DXO"  # where DXO.to_shareable stores the DXO
 
 
 def _check_data_spec(owner: str, value: Any) -> None:
@@ -180,19 +193,18 @@ class DefenseFilter(DXOFilter):
         if not isinstance(shareable, Shareable):
             raise TypeError(f"{owner}: the task result must be a Shareable, got {type(shareable).__name__}.")
         rc = shareable.get_return_code()
+        if rc != ReturnCode.OK:
+            carried = _error_reply_payload(shareable)
+            if carried:
+                raise DataError(f"{owner}: an error reply (return code {rc!r}) must not carry data, got {carried}.")
+            return shareable
         try:
             dxo = from_shareable(shareable)
         except ValueError as exc:
-            if rc != ReturnCode.OK:
-                return shareable
             raise DataError(
                 f"{owner}: the task result must be a WEIGHTS or WEIGHT_DIFF DXO, got a shareable without a DXO ({exc}); "
                 "configure this filter for the training task only."
             ) from exc
-        if rc != ReturnCode.OK:
-            if dxo.data:
-                raise DataError(f"{owner}: an error reply (return code {rc!r}) must not carry data, got a {dxo.data_kind!r} DXO.")
-            return shareable
         if dxo.data_kind not in _SUPPORTED_KINDS:
             raise DataError(
                 f"{owner}: the task result must be a WEIGHTS or WEIGHT_DIFF DXO, got {dxo.data_kind!r}; "
@@ -211,6 +223,10 @@ class DefenseFilter(DXOFilter):
         data = dxo.data
         if dxo.data_kind == DataKind.WEIGHTS:
             validate_update(data, global_state, owner=owner)
+        stand_ins = _non_float_stand_ins(data, global_state)
+        if stand_ins:
+            raise DataError(f"{owner}: the update does not fit the global model: " + "; ".join(stand_ins) + ".")
+        if dxo.data_kind == DataKind.WEIGHTS:
             update = {k: _subtract(v, global_state[k]) for k, v in data.items()}
         else:
             update = data  # the defense validates it (against the cached global model when there is one)
@@ -231,6 +247,9 @@ class DefenseFilter(DXOFilter):
             validate_update(new_data, data, owner=f"{owner} (defended weights)")
         else:
             new_data = outcome.update
+        undefended = self._undefended(data, new_data, global_state)
+        if undefended:
+            raise DataError(f"{owner}: the defense did not change every entry it must protect: " + "; ".join(undefended) + ".")
         record = {
             "name": self._defense.name,
             "params": outcome.params,
@@ -249,6 +268,27 @@ class DefenseFilter(DXOFilter):
         return dxo
 
     # ------------------------------------------------------------------ helpers
+
+    def _noise_due(self, key: str, reference: Any) -> bool:
+        """Whether entry ``key`` (of the global model's kind ``reference``) must come out changed.
+
+        Floating-point entries except step counters; BatchNorm running statistics only where the
+        defense promises to change them (the latent defense keeps those before its split layer).
+        """
+        return is_perturbable(key, reference) and not is_bn_running_stat(key)
+
+    def _undefended(self, data: Mapping, new_data: Mapping, global_state: Mapping | None) -> list[str]:
+        """Entries where noise is due that the defense left exactly as they were (noise below the
+        resolution of the entry's values, e.g. 1e30 next to updates of 1e-3, or subnormal values)."""
+        found = []
+        for key, before in data.items():
+            reference = global_state[key] if global_state is not None and key in global_state else before
+            if not self._noise_due(key, reference):
+                continue
+            before_array = to_numpy(before)
+            if before_array.size and np.array_equal(before_array, to_numpy(new_data[key])):
+                found.append(f"update[{key!r}] ({before.dtype}) came out unchanged: the noise is below the resolution of its values")
+        return found
 
     def _global_for(self, fl_ctx: FLContext, required: bool) -> dict[str, np.ndarray] | None:
         owner = type(self).__name__
@@ -300,6 +340,59 @@ class DefenseFilter(DXOFilter):
         return self._site_data
 
 
+def _is_bool(value: Any) -> bool:
+    return value.dtype == torch.bool if isinstance(value, torch.Tensor) else np.asarray(value).dtype == np.bool_
+
+
+def _non_float_stand_ins(data: Mapping, global_state: Mapping | None) -> list[str]:
+    """Integer or bool arrays standing in for floating-point entries of the global model (no defense
+    adds noise to them, so they would leave the site as they are), and bool arrays standing in for
+    numbers (step counters)."""
+    if global_state is None:
+        return []
+    return [
+        f"update[{key!r}] has dtype {value.dtype} where the global model has {global_state[key].dtype} "
+        "(no defense adds noise to integer or bool entries)"
+        for key, value in data.items()
+        if key in global_state
+        and isinstance(value, (np.ndarray, np.generic, torch.Tensor))
+        and (
+            (is_perturbable(key, global_state[key]) and not is_floating(value))
+            or (_is_bool(value) and not _is_bool(global_state[key]))
+        )
+    ]
+
+
+def _holds_arrays(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` holds an array or tensor anywhere (nested dicts, lists and tuples, 8 levels)."""
+    if isinstance(value, (np.ndarray, np.generic, torch.Tensor, DXO)):
+        return True
+    if depth < 8 and isinstance(value, Mapping):
+        return any(_holds_arrays(v, depth + 1) for v in value.values())
+    if depth < 8 and isinstance(value, (list, tuple)):
+        return any(_holds_arrays(v, depth + 1) for v in value)
+    return False
+
+
+def _error_reply_payload(shareable: Shareable) -> str:
+    """What an error reply carries besides its headers and an empty DXO ("" for nothing).
+
+    FLARE's own ``DXOFilter`` passes every reply whose return code is not OK through unfiltered, so
+    an error reply that still holds an update (a DXO with data, arrays under another key or in the
+    headers) would leave the site undefended.
+    """
+    carried = []
+    for key, value in shareable.items():
+        if key == ReservedHeaderKey.HEADERS:
+            if _holds_arrays(value):
+                carried.append("arrays in its headers")
+        elif key == _DXO_KEY and isinstance(value, Mapping) and not value.get("data") and not _holds_arrays(value):
+            continue
+        else:
+            carried.append(f"entry {key!r}")
+    return ", ".join(carried)
+
+
 def _subtract(weights: Any, global_value: np.ndarray) -> Any:
     """``weights - global_value`` in the container, dtype and device of ``weights`` (integers included)."""
     if isinstance(weights, torch.Tensor):
@@ -346,6 +439,9 @@ class GaussianNoiseFilter(DefenseFilter):
         self.seed = seed
         super().__init__()
 
+    def _noise_due(self, key: str, reference: Any) -> bool:
+        return is_perturbable(key, reference) and (self.perturb_bn_stats or not is_bn_running_stat(key))
+
     def _build_defense(self) -> Defense:
         return GaussianNoise(
             GaussianNoiseConfig(
@@ -380,6 +476,9 @@ class LaplacianNoiseFilter(DefenseFilter):
         self.perturb_bn_stats = perturb_bn_stats
         self.seed = seed
         super().__init__()
+
+    def _noise_due(self, key: str, reference: Any) -> bool:
+        return is_perturbable(key, reference) and (self.perturb_bn_stats or not is_bn_running_stat(key))
 
     def _build_defense(self) -> Defense:
         return LaplacianNoise(LaplacianNoiseConfig(b=self.b, perturb_bn_stats=self.perturb_bn_stats, seed=self.seed))

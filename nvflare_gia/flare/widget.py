@@ -121,6 +121,10 @@ class GradientInversionWidget(Widget):
         for name, value in (("max_seconds", max_seconds), ("end_run_wait_s", end_run_wait_s)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"GradientInversionWidget: {name} must be a number > 0, got {value!r}.")
+        if not isinstance(audit, bool):
+            raise ConfigError(f"GradientInversionWidget: audit must be true or false, got {audit!r}.")
+        if not isinstance(data_spec_file, str) or not data_spec_file.strip():
+            raise ConfigError(f"GradientInversionWidget: data_spec_file must be a non-empty file name, got {data_spec_file!r}.")
         if prior not in _PRIORS:
             raise ConfigError(f"GradientInversionWidget: prior must be one of {list(_PRIORS)}, got {prior!r}.")
         if not isinstance(output_dir, str) or not output_dir or Path(output_dir).is_absolute() or ".." in Path(output_dir).parts:
