@@ -2,7 +2,6 @@ import json
 import stat
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from nvflare_gia.audit import append_record, image_grid, make_private_dir, save_reconstruction
