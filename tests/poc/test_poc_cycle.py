@@ -112,6 +112,16 @@ def _error_logs(workspace: Path, job_id: str, result: Path) -> str:
     return "\n".join(parts) or "(no error_log.txt has content)"
 
 
+def _admin(workspace: Path, *args: str, timeout_s: float) -> subprocess.CompletedProcess:
+    """Run an admin step the way ``poc/*.sh`` does: ``python -m nvflare_gia.flare.poc`` in its own
+    process. (In-process admin sessions break after other tests have used FLARE's serializer in
+    this pytest process: ``'None' is not an instance of 'bytes'``.)"""
+    return subprocess.run(
+        [sys.executable, "-m", "nvflare_gia.flare.poc", "-w", str(workspace), *args],
+        capture_output=True, text=True, timeout=timeout_s + 120,
+    )
+
+
 def _run_cycle(job: Path, tmp_path: Path) -> dict[str, float]:
     """Run the whole cycle on ``job``, assert on each step, return the seconds each step took."""
     workspace = tmp_path / "ws"
@@ -132,12 +142,17 @@ def _run_cycle(job: Path, tmp_path: Path) -> dict[str, float]:
 
         poc.start(workspace, timeout_s=START_TIMEOUT_S)
         lap("start")
-        job_id = poc.submit(workspace, job)
+        submitted = _admin(workspace, "submit", str(job), timeout_s=60)
+        assert submitted.returncode == 0, submitted.stderr[-2000:]
+        job_id = submitted.stdout.strip().splitlines()[-1]
         lap("submit")
         assert not list(job.rglob(".__nvfl_*")), "submit must not sign the user's job folder in place"
-        status = poc.wait(workspace, job_id, timeout_s=JOB_TIMEOUT_S[job.name])
+        waited = _admin(workspace, "wait", job_id, "--timeout", str(JOB_TIMEOUT_S[job.name]), timeout_s=JOB_TIMEOUT_S[job.name])
+        status = waited.stdout.strip().splitlines()[-1] if waited.stdout.strip() else waited.stderr[-2000:]
         lap("run")
-        result = poc.download(workspace, job_id, out_dir)
+        downloaded = _admin(workspace, "download", job_id, str(out_dir), timeout_s=120)
+        assert downloaded.returncode == 0, downloaded.stderr[-2000:]
+        result = Path(downloaded.stdout.strip().splitlines()[-1])
         lap("download")
         assert status == poc.COMPLETED, f"job {job_id} ended {status}\n{_error_logs(workspace, job_id, result)}"
         assert result == out_dir / job_id
