@@ -5,7 +5,13 @@ Learning Unsafe?", IEEE TMI 2023: BatchNorm-statistics and label recovery from t
 optimisation of dummy images through a differentiable replay of the client's local training.
 """
 
-from nvflare_gia.attack.bn_stats import BNStatistics, biased_variance, bn_layer_names, ema_step_weights, recover_bn_statistics
+from nvflare_gia.attack.bn_stats import (
+    BNStatistics,
+    biased_variance,
+    bn_layer_names,
+    ema_step_weights,
+    recover_bn_statistics,
+)
 from nvflare_gia.attack.engine import (
     AttackConfig,
     AttackResult,
@@ -13,6 +19,7 @@ from nvflare_gia.attack.engine import (
     GradientInversionAttack,
     InitName,
     Parametrization,
+    RestartSelection,
     resolve_device,
     validate_update,
 )
@@ -24,12 +31,35 @@ from nvflare_gia.attack.labels import (
     look_up_label_strategy,
     recover_labels,
 )
-from nvflare_gia.attack.objectives import OBJECTIVES, FlatLayout, ObjectiveName, look_up_objective
-from nvflare_gia.attack.regularizers import REGULARIZERS, RegularizerName, bn_matching_loss, look_up_regularizer
-from nvflare_gia.attack.simulate import LocalTrainingSimulator, SimulationResult, simulate_local_training
-from nvflare_gia.attack.threat_model import NUM_STEPS_META_KEY, TRAINING_META_KEY, ThreatModel, bn_momenta
+from nvflare_gia.attack.objectives import (
+    OBJECTIVES,
+    FlatLayout,
+    ObjectiveName,
+    look_up_objective,
+)
+from nvflare_gia.attack.regularizers import (
+    REGULARIZERS,
+    RegularizerName,
+    bn_matching_loss,
+    look_up_regularizer,
+)
+from nvflare_gia.attack.simulate import (
+    LocalTrainingSimulator,
+    SimulationResult,
+    simulate_local_training,
+)
+from nvflare_gia.attack.threat_model import (
+    NUM_STEPS_META_KEY,
+    TRAINING_META_KEY,
+    ThreatModel,
+    bn_momenta,
+)
 
 __all__ = [
+    "NUM_STEPS_META_KEY",
+    "OBJECTIVES",
+    "REGULARIZERS",
+    "TRAINING_META_KEY",
     "AttackConfig",
     "AttackResult",
     "BNStatistics",
@@ -40,14 +70,11 @@ __all__ = [
     "LabelRecovery",
     "LabelStrategy",
     "LocalTrainingSimulator",
-    "NUM_STEPS_META_KEY",
-    "OBJECTIVES",
     "ObjectiveName",
     "Parametrization",
-    "REGULARIZERS",
     "RegularizerName",
+    "RestartSelection",
     "SimulationResult",
-    "TRAINING_META_KEY",
     "ThreatModel",
     "biased_variance",
     "bn_layer_names",

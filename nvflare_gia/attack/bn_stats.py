@@ -21,7 +21,7 @@ import torch
 
 from nvflare_gia.errors import ConfigError, DataError
 
-__all__ = ["BNStatistics", "recover_bn_statistics", "biased_variance", "bn_layer_names", "ema_step_weights"]
+__all__ = ["BNStatistics", "biased_variance", "bn_layer_names", "ema_step_weights", "recover_bn_statistics"]
 
 logger = logging.getLogger(__name__)
 

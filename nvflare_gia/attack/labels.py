@@ -34,12 +34,12 @@ from nvflare_gia.errors import ConfigError
 from nvflare_gia.training import OptimizerName
 
 __all__ = [
-    "LabelStrategy",
     "LabelRecovery",
-    "look_up_label_strategy",
-    "find_classifier",
-    "recover_labels",
+    "LabelStrategy",
     "counts_to_labels",
+    "find_classifier",
+    "look_up_label_strategy",
+    "recover_labels",
 ]
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import torch
 
 from nvflare_gia.errors import ConfigError
 
-__all__ = ["ObjectiveName", "FlatLayout", "OBJECTIVES", "look_up_objective", "l2_objective", "cosine_objective", "layer_cosine_objective"]
+__all__ = ["OBJECTIVES", "FlatLayout", "ObjectiveName", "cosine_objective", "l2_objective", "layer_cosine_objective", "look_up_objective"]
 
 _EPS = 1e-12
 
@@ -43,7 +43,7 @@ class FlatLayout:
     num_segments: int
 
     @classmethod
-    def from_sizes(cls, sizes: Sequence[int], device: torch.device | str = "cpu") -> "FlatLayout":
+    def from_sizes(cls, sizes: Sequence[int], device: torch.device | str = "cpu") -> FlatLayout:
         """Layout of tensors with ``sizes`` numbers each, concatenated in order."""
         index = torch.repeat_interleave(torch.arange(len(sizes)), torch.as_tensor(list(sizes), dtype=torch.long))
         return cls(segment=index.to(device), num_segments=len(sizes))

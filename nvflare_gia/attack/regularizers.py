@@ -18,13 +18,13 @@ from nvflare_gia.attack.bn_stats import BNStatistics
 from nvflare_gia.errors import ConfigError
 
 __all__ = [
-    "RegularizerName",
     "REGULARIZERS",
-    "look_up_regularizer",
-    "total_variation",
-    "range_penalty",
-    "prior_distance",
+    "RegularizerName",
     "bn_matching_loss",
+    "look_up_regularizer",
+    "prior_distance",
+    "range_penalty",
+    "total_variation",
 ]
 
 

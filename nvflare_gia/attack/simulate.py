@@ -29,7 +29,7 @@ from nvflare_gia.attack.threat_model import ThreatModel, bn_momenta
 from nvflare_gia.errors import DataError
 from nvflare_gia.training import OptimizerName
 
-__all__ = ["SimulationResult", "LocalTrainingSimulator", "simulate_local_training"]
+__all__ = ["LocalTrainingSimulator", "SimulationResult", "simulate_local_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,9 @@ class LocalTrainingSimulator:
         self._recording = False
         modules = dict(self.model.named_modules())
         for name in self.bn_layers:
-            modules[name].register_forward_pre_hook(self._make_hook(name))
+            if threat.bn_momentum is not None:
+                modules[name].momentum = threat.bn_momentum
+            modules[name].forward = self._make_forward(name, modules[name])
 
     def _step_weights(self) -> dict[str, list[float]]:
         steps = self.threat.num_steps
@@ -108,15 +110,39 @@ class LocalTrainingSimulator:
             weights[name] = [1.0 / steps] * steps if m is None else [float(w) for w in ema_step_weights(m, steps)]
         return weights
 
-    def _make_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            if self._recording:
-                x = args[0]
-                dims = [0] + list(range(2, x.dim()))
-                var, mean = torch.var_mean(x, dim=dims, correction=1)
-                self._records[name].append((mean, var))
+    def _make_forward(self, name: str, module: nn.Module):
+        """Train-mode BatchNorm that records the batch statistics it normalises with.
 
-        return hook
+        Same maths as ``F.batch_norm(training=True)``: normalise with the biased batch variance,
+        update the running buffers (detached) with the unbiased one and the layer's momentum (or
+        the cumulative average). Computing the statistics once serves both the normalisation and
+        the statistics matching, which is cheaper than a separate ``var_mean`` on the input.
+        """
+        original = module.forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if not (self._recording and module.training):
+                return original(x)
+            dims = [0] + list(range(2, x.dim()))
+            count = x.numel() // x.shape[1]
+            var, mean = torch.var_mean(x, dim=dims, correction=0)
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            scale = torch.rsqrt(var + module.eps)
+            if module.weight is not None:
+                scale = scale * module.weight
+            out = (x - mean.reshape(shape)) * scale.reshape(shape)
+            if module.bias is not None:
+                out = out + module.bias.reshape(shape)
+            unbiased = var * (count / max(count - 1, 1))
+            self._records[name].append((mean, unbiased))
+            with torch.no_grad():
+                module.num_batches_tracked.add_(1)
+                factor = module.momentum if module.momentum is not None else 1.0 / float(module.num_batches_tracked)
+                module.running_mean.mul_(1.0 - factor).add_(mean.detach(), alpha=factor)
+                module.running_var.mul_(1.0 - factor).add_(unbiased.detach(), alpha=factor)
+            return out
+
+        return forward
 
     @property
     def global_params(self) -> list[torch.Tensor]:
@@ -155,6 +181,7 @@ class LocalTrainingSimulator:
             records.clear()
         losses: list[float] = []
         batch_sizes = threat.batch_sizes
+        last_step = len(batch_sizes) - 1
         self._recording = True
         try:
             start = 0
@@ -189,6 +216,8 @@ class LocalTrainingSimulator:
                             g = state1[i]
                         d = -lr * g
                     deltas[i] = d if deltas[i] is None else deltas[i] + d
+                    if step == last_step:  # the parameters after the round are not needed, only the update
+                        continue
                     new_p = self._params0[i] + deltas[i]
                     new_params.append(new_p if create_graph else new_p.detach().requires_grad_(True))
                 params = new_params

@@ -20,7 +20,7 @@ from nvflare_gia.errors import ConfigError
 from nvflare_gia.models import MODEL_NAMES
 from nvflare_gia.training import TrainingConfig, num_local_steps
 
-__all__ = ["ThreatModel", "NUM_STEPS_META_KEY", "TRAINING_META_KEY", "bn_momenta"]
+__all__ = ["NUM_STEPS_META_KEY", "TRAINING_META_KEY", "ThreatModel", "bn_momenta"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ThreatModel:
     num_classes: int = 2
     in_channels: int = 1
     image_size: int = 64
-    training: TrainingConfig = TrainingConfig()
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     batch_size: int = 1
     num_images: int = 1
     num_steps: int | None = None
@@ -120,7 +120,7 @@ class ThreatModel:
         return out
 
     @classmethod
-    def from_meta(cls, meta: Mapping, defaults: Mapping | None = None) -> "ThreatModel":
+    def from_meta(cls, meta: Mapping, defaults: Mapping | None = None) -> ThreatModel:
         """Build the threat model from an update's meta.
 
         Values come from ``meta["gia_training"]`` first, then from ``defaults`` (same flat keys,

@@ -3,13 +3,16 @@
 Protocol: images ``0..B-1`` of ``train_images`` (scaled to [0, 1]); ``SmallCNN`` initialised with
 ``torch.manual_seed(0)``, untrained, BatchNorm in train mode; the client takes one SGD step (lr
 0.01, cross-entropy) on those B images; the attack gets ``seconds`` of wall time and only what the
-server sees (global model, update, hyperparameters, a flat gray prior). Metrics after Hungarian
-matching against the true images; RDLV relative to the flat prior's SSIM.
+server sees (global model, update, hyperparameters, a prior image). Every setting runs with two
+priors: ``flat`` (gray 0.5) and ``val_mean`` (the mean image of the ``val_images`` split, which
+holds none of the attacked images; the attack starts from it). Metrics after Hungarian matching
+against the true images; RDLV relative to the SSIM of the prior the attack was given.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import time
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import nvflare_gia
 from nvflare_gia.attack import AttackConfig, GradientInversionAttack, ThreatModel
 from nvflare_gia.data import load_npz
 from nvflare_gia.errors import DataError
@@ -26,13 +30,14 @@ from nvflare_gia.metrics import evaluate_leakage
 from nvflare_gia.models import build_model
 from nvflare_gia.training import TrainingConfig, train_local
 
-__all__ = ["run_attack_benchmark", "DEFAULT_DATA"]
+__all__ = ["DEFAULT_DATA", "PRIORS", "run_attack_benchmark"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "nih_cxr1000_64.npz"
+DEFAULT_DATA = Path(nvflare_gia.__file__).resolve().parents[2] / "shared" / "data" / "nih_cxr1000_64.npz"
+PRIORS = ("flat", "val_mean")
 RUN_KEYS = (
-    "model", "batch_size", "seconds", "iterations", "ms_per_iteration", "ms_per_train_step",
+    "model", "batch_size", "prior", "seconds", "iterations", "ms_per_iteration", "ms_per_train_step",
     "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy",
 )
 
@@ -48,7 +53,16 @@ def _train_step_ms(model: torch.nn.Module, images: torch.Tensor, labels: torch.T
     return 1000.0 * (time.perf_counter() - started) / repeats
 
 
-def _one_run(model_name: str, images: np.ndarray, labels: np.ndarray, num_classes: int, seconds: float, device: str) -> dict[str, Any]:
+def _one_run(
+    model_name: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    seconds: float,
+    device: str,
+    prior_name: str,
+    prior: np.ndarray | None,
+) -> dict[str, Any]:
     batch = len(labels)
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=num_classes, in_channels=images.shape[1])
@@ -63,11 +77,13 @@ def _one_run(model_name: str, images: np.ndarray, labels: np.ndarray, num_classe
         model=model_name, num_classes=num_classes, in_channels=images.shape[1], image_size=images.shape[-1],
         batch_size=batch, num_images=batch,
     )
-    result = GradientInversionAttack(AttackConfig(max_seconds=seconds, device=device)).reconstruct(global_state, update, threat)
-    report = evaluate_leakage(result.images, images, reconstructed_labels=result.labels, true_labels=labels)
+    config = AttackConfig(max_seconds=seconds, device=device, init="noise" if prior is None else "prior")
+    result = GradientInversionAttack(config).reconstruct(global_state, update, threat, prior=prior)
+    report = evaluate_leakage(result.images, images, prior=prior, reconstructed_labels=result.labels, true_labels=labels)
     return {
         "model": model_name,
         "batch_size": batch,
+        "prior": prior_name,
         "seconds": float(result.stats["seconds"]),
         "iterations": int(result.stats["iterations"]),
         "ms_per_iteration": float(result.stats["ms_per_iteration"]),
@@ -86,6 +102,7 @@ def run_attack_benchmark(*, quick: bool, data: str | None, json_path: str, secon
 
     Args:
         quick: batch sizes 1 and 4 with ``SmallCNN``; the full run adds batch 8 and MONAI's ResNet-18.
+            Each setting runs once per prior of :data:`PRIORS`.
         data: a ``.npz`` of the shared format (any square size, any number of classes); None uses
             ``../shared/data/nih_cxr1000_64.npz``.
         json_path: output file.
@@ -103,15 +120,17 @@ def run_attack_benchmark(*, quick: bool, data: str | None, json_path: str, secon
         raise DataError(f"run_attack_benchmark: data must be an existing .npz file, got {str(path)!r}.")
     splits = load_npz(path)
     plan = [("small_cnn", 1), ("small_cnn", 4)] + ([] if quick else [("small_cnn", 8), ("resnet18", 1), ("resnet18", 4)])
+    priors = {"flat": None, "val_mean": splits.val_images.mean(axis=0)}
     runs = []
-    for model_name, batch in plan:
+    for (model_name, batch), prior_name in itertools.product(plan, PRIORS):
         if batch > len(splits.train_labels):
             raise DataError(f"run_attack_benchmark: data has {len(splits.train_labels)} training images, fewer than batch {batch}.")
-        run = _one_run(model_name, splits.train_images[:batch], splits.train_labels[:batch], splits.num_classes, seconds, device)
+        images, labels = splits.train_images[:batch], splits.train_labels[:batch]
+        run = _one_run(model_name, images, labels, splits.num_classes, seconds, device, prior_name, priors[prior_name])
         runs.append(run)
         logger.info(
-            "%-10s B=%d: SSIM %.3f (prior %.3f, RDLV %+.3f) PSNR %.2f dB, labels %.2f, %d iterations, %.1f ms/it vs %.1f ms/train step",
-            model_name, batch, run["ssim"], run["prior_ssim"], run["rdlv"], run["psnr"], run["label_accuracy"], run["iterations"],
+            "%-10s B=%d %-8s prior: SSIM %.3f (prior %.3f, RDLV %+.3f) PSNR %.2f dB, labels %.2f, %d iterations, %.1f ms/it vs %.1f ms/train step",
+            model_name, batch, prior_name, run["ssim"], run["prior_ssim"], run["rdlv"], run["psnr"], run["label_accuracy"], run["iterations"],
             run["ms_per_iteration"], run["ms_per_train_step"],
         )
     result = {"runs": runs, "protocol": {"data": str(path), "seconds": seconds, "device": device, "quick": quick}}

@@ -67,12 +67,13 @@ class GradientInversionWidget(Widget):
             dummy image per local image).
         max_seconds: wall-clock budget of one attack.
         max_iterations: iteration budget of one attack.
-        restarts: attack restarts (the best by matching loss is kept).
+        restarts: attack restarts, combined as ``AttackConfig.restart_selection`` says (their
+            consensus by default).
         objective: update-matching objective (see ``nvflare_gia.attack.OBJECTIVES``).
         seed: attack seed.
         device: ``auto``, ``cpu`` or ``cuda``.
         prior: ``flat`` (gray 0.5) or ``val_mean`` (mean image of the data spec's validation split,
-            which is not any site's training data).
+            which is not any site's training data; the attack starts from it).
         audit: score reconstructions against each client's true training images, read through the
             job's data spec (``data_spec_file``): simulator and POC on one machine only.
         data_spec_file: the job's data spec, relative to the app's config folder.
@@ -155,6 +156,7 @@ class GradientInversionWidget(Widget):
                 seed=seed,
                 device=device,
                 num_threads=num_threads,
+                init="prior" if prior == "val_mean" else "noise",
             )
         )
         self._reset()

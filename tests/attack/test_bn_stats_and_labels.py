@@ -1,0 +1,115 @@
+"""BatchNorm statistics over several steps, count-based and soft labels, option look-ups."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from nvflare_gia.attack import (
+    LabelStrategy,
+    LocalTrainingSimulator,
+    ThreatModel,
+    biased_variance,
+    counts_to_labels,
+    ema_step_weights,
+    look_up_label_strategy,
+    look_up_objective,
+    look_up_regularizer,
+    recover_bn_statistics,
+    recover_labels,
+)
+from nvflare_gia.errors import ConfigError, DataError
+from nvflare_gia.models import SmallCNN
+from nvflare_gia.training import TrainingConfig, train_local
+
+
+@pytest.fixture(scope="module")
+def xrays(nih_cxr_path):
+    with np.load(nih_cxr_path) as data:
+        images = torch.tensor(data["train_images"][:8], dtype=torch.float32)[:, None] / 255.0
+        labels = torch.tensor(data["train_labels"][:8]).long().reshape(-1)
+    return images, labels
+
+
+def _round(images, labels, batch_size, config=None):
+    config = config or TrainingConfig()
+    torch.manual_seed(0)
+    model = SmallCNN()
+    global_state = copy.deepcopy(model.state_dict())
+    trained = copy.deepcopy(model)
+    train_local(trained, images, labels, batch_size, config)
+    return model, global_state, {k: v - global_state[k] for k, v in trained.state_dict().items()}
+
+
+def test_ema_step_weights_sum_to_one_and_favour_late_steps():
+    weights = ema_step_weights(0.1, 3)
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[0] < weights[1] < weights[2]
+    assert ema_step_weights(0.1, 1).tolist() == [1.0]
+
+
+def test_bn_statistics_over_two_steps_match_the_simulator_average(xrays):
+    images, labels = xrays[0][:4], xrays[1][:4]
+    config = TrainingConfig(local_epochs=2)
+    model, global_state, update = _round(images, labels, 4, config)
+    threat = ThreatModel(batch_size=4, num_images=4, training=config)
+    recovered = recover_bn_statistics(global_state, update, 0.1, threat.num_steps)
+    simulated = LocalTrainingSimulator(model, threat).run(images, labels, create_graph=False).bn_statistics
+    for name, stats in recovered.items():
+        torch.testing.assert_close(stats.mean, simulated[name].mean.detach(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(stats.var, simulated[name].var.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_bn_statistics_reject_missing_buffer_and_bad_momentum(xrays):
+    _, global_state, update = _round(xrays[0][:1], xrays[1][:1], 1)
+    with pytest.raises(DataError, match="features.1.running_var"):
+        recover_bn_statistics(global_state, {k: v for k, v in update.items() if k != "features.1.running_var"})
+    with pytest.raises(ConfigError, match="momentum"):
+        recover_bn_statistics(global_state, update, 1.5)
+
+
+def test_biased_variance_scales_by_count():
+    assert float(biased_variance(torch.tensor(2.0), 4)) == pytest.approx(1.5)
+
+
+def test_count_labels_correct_on_a_batch_of_four(xrays):
+    images, labels = xrays[0][:4], xrays[1][:4]
+    model, global_state, update = _round(images, labels, 4)
+    threat = ThreatModel(batch_size=4, num_images=4)
+    bn = recover_bn_statistics(global_state, update, 0.1, 1)
+    recovery = recover_labels(model, global_state, update, threat, strategy="analytic", bn_statistics=bn)
+    assert recovery.method == "count"
+    assert recovery.labels.tolist() == sorted(labels.tolist())
+    assert recovery.estimates.sum() == pytest.approx(4.0, abs=1e-6)
+
+
+def test_labels_fall_back_to_soft_for_adam_with_several_images(xrays):
+    images, labels = xrays[0][:4], xrays[1][:4]
+    config = TrainingConfig(optimizer="adam", lr=1e-3)
+    model, global_state, update = _round(images, labels, 4, config)
+    recovery = recover_labels(model, global_state, update, ThreatModel(batch_size=4, num_images=4, training=config))
+    assert recovery.labels is None and recovery.method == "soft"
+
+
+def test_labels_sign_survives_adam_at_batch_one(xrays):
+    config = TrainingConfig(optimizer="adam", lr=1e-3)
+    model, global_state, update = _round(xrays[0][:1], torch.tensor([1]), 1, config)
+    assert recover_labels(model, global_state, update, ThreatModel(training=config)).labels.tolist() == [1]
+
+
+def test_counts_to_labels_rounds_to_a_multiset_of_the_right_size():
+    assert counts_to_labels(np.array([1.6, 1.7, 0.7]), 4).tolist() == [0, 1, 1, 2]
+    assert counts_to_labels(np.array([-1.0, 5.0]), 3).tolist() == [1, 1, 1]
+
+
+def test_option_lookups_suggest_the_closest_name():
+    assert look_up_label_strategy("SOFT") is LabelStrategy.SOFT
+    with pytest.raises(ConfigError, match="Did you mean 'soft'"):
+        look_up_label_strategy("sofft")
+    with pytest.raises(ConfigError, match="Did you mean 'cosine'"):
+        look_up_objective("cosin")
+    with pytest.raises(ConfigError, match="Did you mean 'tv'"):
+        look_up_regularizer("tvv")

@@ -1,0 +1,156 @@
+"""Engine options: restart selection, coarse-to-fine schedule, soft labels, several steps, priors, errors."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nvflare_gia.attack import (
+    AttackConfig,
+    GradientInversionAttack,
+    ThreatModel,
+    resolve_device,
+)
+from nvflare_gia.errors import ConfigError, DataError
+from nvflare_gia.models import SmallCNN
+from nvflare_gia.training import TrainingConfig, train_local
+
+FAST = {"max_iterations": 30, "max_seconds": None, "restarts": 1, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def tiny(nih_cxr_path):
+    with np.load(nih_cxr_path) as data:
+        images = torch.tensor(data["train_images"][:4], dtype=torch.float32)[:, None] / 255.0
+        labels = torch.tensor(data["train_labels"][:4]).long().reshape(-1)
+    return F.interpolate(images, size=16, mode="area"), labels
+
+
+def _round(images, labels, batch_size, config=None):
+    config = config or TrainingConfig()
+    torch.manual_seed(0)
+    model = SmallCNN()
+    global_state = copy.deepcopy(model.state_dict())
+    trained = copy.deepcopy(model)
+    train_local(trained, images, labels, batch_size, config)
+    return global_state, {k: v - global_state[k] for k, v in trained.state_dict().items()}
+
+
+def test_best_selection_returns_the_lowest_loss_restart(tiny):
+    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+    config = AttackConfig(**{**FAST, "restarts": 3, "restart_selection": "best"})
+    result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
+    losses = result.stats["restart_losses"]
+    assert len(losses) == 3 and result.stats["best_restart"] == int(np.argmin(losses))
+    assert result.stats["returned_matching_loss"] == pytest.approx(min(losses), rel=1e-4)
+
+
+def test_consensus_averages_restarts_and_keeps_labels(tiny):
+    images, labels = tiny[0][:2], tiny[1][:2]
+    global_state, update = _round(images, labels, 2)
+    threat = ThreatModel(image_size=16, batch_size=2, num_images=2)
+    config = AttackConfig(**{**FAST, "restarts": 3, "consensus_tolerance": 1e6})
+    result = GradientInversionAttack(config).reconstruct(global_state, update, threat)
+    assert result.stats["restarts_combined"] == 3
+    assert result.images.shape == (2, 1, 16, 16) and result.images.dtype == np.float32
+    assert 0.0 <= result.images.min() and result.images.max() <= 1.0
+    assert sorted(result.labels.tolist()) == sorted(labels.tolist())
+
+
+def test_soft_labels_are_optimised_when_requested(tiny):
+    global_state, update = _round(tiny[0][:2], tiny[1][:2], 2)
+    threat = ThreatModel(image_size=16, batch_size=2, num_images=2)
+    result = GradientInversionAttack(AttackConfig(**FAST, label_strategy="soft")).reconstruct(global_state, update, threat)
+    assert result.stats["label_method"] == "soft"
+    assert result.soft_labels.shape == (2, 2)
+    np.testing.assert_allclose(result.soft_labels.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_attack_runs_on_a_multi_step_adam_round(tiny):
+    config = TrainingConfig(optimizer="adam", lr=1e-3, local_epochs=2)
+    global_state, update = _round(tiny[0][:2], tiny[1][:2], 1, config)
+    threat = ThreatModel(image_size=16, batch_size=1, num_images=2, training=config)
+    result = GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, threat)
+    assert result.stats["iterations"] == 30 and np.isfinite(result.stats["update_residual"])
+
+
+def test_attack_accepts_numpy_inputs_and_a_prior(tiny):
+    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+    as_numpy = ({k: v.numpy() for k, v in global_state.items()}, {k: v.numpy() for k, v in update.items()})
+    prior = np.full((16, 16), 0.4, dtype=np.float32)
+    config = AttackConfig(**FAST, init="prior", prior_weight=0.1)
+    result = GradientInversionAttack(config).reconstruct(*as_numpy, ThreatModel(image_size=16), prior=prior)
+    assert result.labels.tolist() == tiny[1][:1].tolist()
+
+
+def test_attack_rejects_a_prior_of_the_wrong_shape(tiny):
+    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+    with pytest.raises(DataError, match="prior"):
+        GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, ThreatModel(image_size=16), prior=np.zeros((8, 8)))
+
+
+def test_attack_rejects_an_update_for_another_model(tiny):
+    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+    with pytest.raises(DataError, match="lacks"):
+        GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, ThreatModel(image_size=16, model="resnet18"))
+    with pytest.raises(TypeError, match="threat"):
+        GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, {"image_size": 16})
+
+
+def test_time_budget_stops_the_attack_and_logs_progress(tiny, caplog):
+    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+    config = AttackConfig(max_iterations=10**6, max_seconds=1.0, restarts=2, log_every=0.2, device="cpu")
+    with caplog.at_level(logging.INFO, logger="nvflare_gia.attack.engine"):
+        result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
+    assert result.stats["seconds"] < 10.0 and result.stats["iterations"] < 10**6
+    assert any("time left" in record.getMessage() for record in caplog.records)
+
+
+def test_num_threads_is_restored(tiny):
+    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+    before = torch.get_num_threads()
+    GradientInversionAttack(AttackConfig(**FAST, num_threads=1)).reconstruct(global_state, update, ThreatModel(image_size=16))
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"scale_factors": (2, 4, 1)}, "scale_factors"),
+        ({"scale_factors": (4, 2)}, "scale_factors"),
+        ({"scale_factors": (2, 1), "scale_fractions": (0.3, 0.3, 0.4)}, "scale_fractions"),
+        ({"scale_fractions": (0.5, 0.5, 0.5)}, "scale_fractions"),
+        ({"restart_selection": "bset"}, "Did you mean 'best'"),
+        ({"device": "gpu"}, "device"),
+        ({"parametrization": "sigmoidd"}, "Did you mean 'sigmoid'"),
+        ({"label_strategy": "hard"}, "label_strategy"),
+        ({"tv_weight": -1.0}, "tv_weight"),
+        ({"lr": 0.0}, "lr"),
+        ({"consensus_tolerance": 0.5}, "consensus_tolerance"),
+        ({"num_threads": 0}, "num_threads"),
+        ({"lr_decay": 2.0}, "lr_decay"),
+        ({"min_restart_iterations": 0}, "min_restart_iterations"),
+    ],
+)
+def test_attack_config_rejects_bad_options(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        AttackConfig(**kwargs)
+
+
+def test_resolve_device_auto_and_missing_cuda():
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            resolve_device("cuda")
+
+
+def test_time_budget_runs_fewer_restarts_when_each_would_be_too_short(tiny):
+    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+    config = AttackConfig(max_seconds=1.0, restarts=5, min_restart_iterations=10**6, device="cpu")
+    result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
+    assert len(result.stats["restart_losses"]) == 1
