@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import ReservedKey
@@ -81,6 +82,10 @@ class GradientInversionWidget(Widget):
         end_run_wait_s: how long ``END_RUN`` waits for pending attacks.
         output_dir: folder under the run directory.
         num_threads: torch threads of the attack; None leaves torch's setting.
+        tensorboard_images: also stream each reconstruction grid (truth above reconstruction in
+            audit mode) as a TensorBoard image ``gia/<site>/reconstruction``. The server's
+            TensorBoard event files then hold patient images: keep them as private as the run
+            directory, or set this to false.
 
     Raises:
         ConfigError: for an argument outside its allowed values (at construction, i.e. deploy time).
@@ -105,6 +110,7 @@ class GradientInversionWidget(Widget):
         end_run_wait_s: float = 300.0,
         output_dir: str = "gia",
         num_threads: int | None = None,
+        tensorboard_images: bool = True,
     ) -> None:
         super().__init__()
         if clients is not None and (
@@ -124,6 +130,8 @@ class GradientInversionWidget(Widget):
                 raise ConfigError(f"GradientInversionWidget: {name} must be a number > 0, got {value!r}.")
         if not isinstance(audit, bool):
             raise ConfigError(f"GradientInversionWidget: audit must be true or false, got {audit!r}.")
+        if not isinstance(tensorboard_images, bool):
+            raise ConfigError(f"GradientInversionWidget: tensorboard_images must be true or false, got {tensorboard_images!r}.")
         if not isinstance(data_spec_file, str) or not data_spec_file.strip():
             raise ConfigError(f"GradientInversionWidget: data_spec_file must be a non-empty file name, got {data_spec_file!r}.")
         if prior not in _PRIORS:
@@ -147,6 +155,7 @@ class GradientInversionWidget(Widget):
         self.end_run_wait_s = end_run_wait_s
         self.output_dir = output_dir
         self.num_threads = num_threads
+        self.tensorboard_images = tensorboard_images
         self._attack = GradientInversionAttack(
             AttackConfig(
                 max_seconds=max_seconds,
@@ -318,6 +327,14 @@ class GradientInversionWidget(Widget):
                         continue
                     dxo = create_analytic_dxo(
                         tag=f"gia/{record['client']}/{name}", value=value, data_type=AnalyticsDataType.SCALAR, global_step=int(record["round"])
+                    )
+                    send_analytic_dxo(self, dxo, fl_ctx)
+                grid = (record.get("files") or {}).get("png")
+                if self.tensorboard_images and grid:
+                    with Image.open(grid) as png:
+                        pixels = np.asarray(png.convert("L"))
+                    dxo = create_analytic_dxo(
+                        tag=f"gia/{record['client']}/reconstruction", value=pixels, data_type=AnalyticsDataType.IMAGE, global_step=int(record["round"])
                     )
                     send_analytic_dxo(self, dxo, fl_ctx)
         except Exception:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import stat
@@ -68,6 +69,24 @@ def test_widget_streams_leakage_scalars_per_site_to_tensorboard(audit_run):
     for client in ATTACKED:
         assert sorted(dict(scalars[f"gia/{client}/ssim"])) == [0, 1]
         assert dict(scalars[f"gia/{client}/status"]) == {0: 1.0, 1: 1.0}
+
+
+@pytest.mark.slow
+def test_widget_streams_reconstruction_grids_to_tensorboard(audit_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    grids: dict[str, dict[int, bytes]] = {}
+    for event_file in sorted(audit_run.server_run_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(event_file.parent), size_guidance={"images": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags().get("images", []):
+            grids.setdefault(tag, {}).update({int(e.step): e.encoded_image_string for e in accumulator.Images(tag)})
+    records = {(r["client"], r["round"]): r for r in _records(audit_run.server_run_dir)}
+    for client in ATTACKED:
+        assert sorted(grids[f"gia/{client}/reconstruction"]) == [0, 1]
+        for round_index, encoded in grids[f"gia/{client}/reconstruction"].items():
+            with Image.open(io.BytesIO(encoded)) as logged, Image.open(records[(client, round_index)]["files"]["png"]) as saved:
+                assert np.array_equal(np.asarray(logged.convert("L")), np.asarray(saved.convert("L")))
 
 
 @pytest.mark.slow
