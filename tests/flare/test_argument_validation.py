@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from nvflare_gia.flare.audit_filters import CalibratedDefenseFilter, LeakageGateFilter
 from nvflare_gia.flare.filters import (
     GaussianNoiseFilter,
     LaplacianNoiseFilter,
@@ -34,6 +35,8 @@ BAD_POSITIVE = [0, 0.0, -1.0, -1e-12, NAN, INF, -INF, "0.1", None, True, [0.1]]
 BAD_THREADS = [0, -2, 1.5, True, "1"]
 #: Bad values of ``data_spec`` (a file name, a path or JSON text).
 BAD_DATA_SPEC = ["", "   ", None, 3, ["gia_data.json"]]
+#: Bad values of the self-audit time budgets (None = no time limit, or a number > 0).
+BAD_AUDIT_SECONDS = [0, 0.0, -1.0, NAN, INF, "60", True]
 
 
 def _rows(cls: type, arg: str, values: list[Any]) -> list:
@@ -65,6 +68,33 @@ FILTER_ROWS = [
     *_rows(LatentPerturbationFilter, "seed", BAD_FILTER_SEEDS),
     *_rows(LatentPerturbationFilter, "num_threads", BAD_THREADS),
     *_rows(LatentPerturbationFilter, "data_spec", BAD_DATA_SPEC),
+    *_rows(LeakageGateFilter, "metric", ["RDLV", "sim", "psnr", "", None, 3]),
+    *_rows(LeakageGateFilter, "threshold", [NAN, INF, -INF, "0", None, True, [0.0]]),
+    *_rows(LeakageGateFilter, "every_n_rounds", [0, -1, 1.5, True, "2", None]),
+    *_rows(LeakageGateFilter, "max_images", [0, -1, 8.0, True, "32", None]),
+    *_rows(LeakageGateFilter, "max_seconds", BAD_AUDIT_SECONDS),
+    *_rows(LeakageGateFilter, "max_iterations", [0, -10, 1.5, True, "100", None]),
+    *_rows(LeakageGateFilter, "restarts", [0, -1, 2.0, True, None]),
+    *_rows(LeakageGateFilter, "seed", [-1, 1.5, True, "0", None]),
+    *_rows(LeakageGateFilter, "device", ["gpu", "", None, 0]),
+    *_rows(LeakageGateFilter, "num_threads", BAD_THREADS),
+    *_rows(LeakageGateFilter, "data_spec", BAD_DATA_SPEC),
+    *_rows(CalibratedDefenseFilter, "defense", ["gausian", "Gaussian", "dp", "", None, 3]),
+    *_rows(CalibratedDefenseFilter, "target", [NAN, INF, -INF, "0", None, True]),
+    *_rows(CalibratedDefenseFilter, "metric", ["RDLV", "mse", "", None]),
+    *_rows(CalibratedDefenseFilter, "min_strength", [0, -1.0, NAN, INF, "0.1", True, 100.0, 1e3]),
+    *_rows(CalibratedDefenseFilter, "max_strength", [0, -1.0, NAN, INF, "100", True, 0.1, 0.05]),
+    *_rows(CalibratedDefenseFilter, "ladder_factor", [1, 1.0, 0.5, 0, NAN, INF, "2", None, True]),
+    *_rows(CalibratedDefenseFilter, "total_seconds", BAD_AUDIT_SECONDS),
+    *_rows(CalibratedDefenseFilter, "max_images", [0, -1, 8.0, True, "32", None]),
+    *_rows(CalibratedDefenseFilter, "max_seconds", BAD_AUDIT_SECONDS),
+    *_rows(CalibratedDefenseFilter, "max_iterations", [0, -10, 1.5, True, "100", None]),
+    *_rows(CalibratedDefenseFilter, "restarts", [0, -1, 2.0, True, None]),
+    *_rows(CalibratedDefenseFilter, "attack_seed", [-1, 1.5, True, "0", None]),
+    *_rows(CalibratedDefenseFilter, "device", ["gpu", "", None]),
+    *_rows(CalibratedDefenseFilter, "num_threads", BAD_THREADS),
+    *_rows(CalibratedDefenseFilter, "seed", BAD_FILTER_SEEDS),
+    *_rows(CalibratedDefenseFilter, "data_spec", BAD_DATA_SPEC),
 ]
 
 WIDGET_ROWS = [
@@ -112,6 +142,14 @@ GOOD_ROWS = [
                                "prior": "val_mean", "queue_size": 1, "end_run_wait_s": 1e-3, "output_dir": "gia/sub",
                                "num_threads": 1}),
     (GradientInversionWidget, {"clients": ("site-1", "site-2"), "max_seconds": 60, "end_run_wait_s": 300}),
+    (LeakageGateFilter, {"metric": "ssim", "threshold": -0.5, "every_n_rounds": 1, "max_images": 1, "max_seconds": None,
+                         "max_iterations": 1, "restarts": 1, "seed": 0, "device": "cpu", "num_threads": 1, "data_spec": "gia_data.json"}),
+    (LeakageGateFilter, {"threshold": 1e9, "max_seconds": 1e-3, "every_n_rounds": 1000}),
+    (CalibratedDefenseFilter, {"defense": "laplacian", "target": -0.2, "metric": "ssim", "min_strength": 1e-6, "max_strength": 1e-5,
+                               "ladder_factor": 1.0001, "total_seconds": None, "max_images": 1, "max_seconds": None, "max_iterations": 1,
+                               "restarts": 1, "attack_seed": 0, "device": "cpu", "num_threads": 1, "seed": 0, "data_spec": "/abs/spec.json"}),
+    (CalibratedDefenseFilter, {"defense": "shadow", "max_strength": 0.2, "seed": None}),
+    (CalibratedDefenseFilter, {"defense": "latent", "min_strength": 0.01}),
 ]
 
 
@@ -129,6 +167,7 @@ def test_every_constructor_argument_has_a_bad_value_in_the_tables():
     for row in FILTER_ROWS + WIDGET_ROWS:
         cls, arg, _ = row.values
         covered.setdefault(cls, set()).add(arg)
-    for cls in (GaussianNoiseFilter, LaplacianNoiseFilter, ShadowModelFilter, LatentPerturbationFilter, GradientInversionWidget):
+    for cls in (GaussianNoiseFilter, LaplacianNoiseFilter, ShadowModelFilter, LatentPerturbationFilter, GradientInversionWidget,
+                LeakageGateFilter, CalibratedDefenseFilter):
         parameters = set(inspect.signature(cls.__init__).parameters) - {"self"}
         assert parameters - covered.get(cls, set()) == set(), f"{cls.__name__}: no bad-value row for {sorted(parameters - covered[cls])}"

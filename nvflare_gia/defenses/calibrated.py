@@ -1,0 +1,332 @@
+"""A noise defense whose strength is calibrated every round to a leakage target by a self-audit.
+
+:class:`CalibratedDefense` wraps one defense of this package (``gaussian`` → ``sigma0``,
+``laplacian`` → ``b``, ``shadow`` → ``budget``, ``latent`` → ``epsilon``) and, for each update,
+searches the weakest strength whose self-audited leakage (:class:`nvflare_gia.defenses.self_audit.SelfAudit`:
+the server's attack run by the client on its own defended update, scored against its own images)
+is at or under ``target``. The update that was audited is the update that is sent: no noise is
+redrawn after the audit.
+
+**Search: a geometric ladder, weakest first** — strengths ``min_strength · ladder_factor^k``
+(the last rung is ``max_strength`` itself), tried in increasing order, stopping at the first one
+that meets the target. Why a ladder and not a bisection in log space: the audited leakage is not
+monotone in the strength (one attack run per strength, with its own noise draw; on the benchmark,
+64×64 chest X-ray, batch 1, 300 iterations, RDLV went 0.31 → 0.52 → 0.44 → 0.33 → 0.14 → −0.20
+for Gaussian ``sigma0`` = 0, 0.3, 1, 3, 10, 30). A bisection assumes monotonicity: it may settle
+between a failing and a passing strength without having audited the one it applies, or skip the
+weakest passing rung. The ladder only ever applies a strength it audited, its answer is the
+weakest passing rung, and for fixed audits the chosen strength can only grow when the target is
+lowered. It costs up to ``ceil(log(max/min) / log(factor)) + 1`` audits instead of about
+``log2`` of that; ``ladder_factor`` trades resolution for time.
+
+All rungs of one call draw their noise from the same seed (common random numbers: for the Gaussian
+and Laplacian defenses the noise is the same draw scaled by the strength), which makes the
+leakage-versus-strength curve smoother; with ``seed=None`` that seed is fresh OS entropy per call.
+
+**Fails closed**: it raises ``DataError`` when no rung up to ``max_strength`` meets the target,
+when ``total_seconds`` runs out before one does, or when the audit cannot run (malformed update,
+data that does not match the threat model). Clients that trained on more than ``max_images``
+images are not audited (the attack's cost grows with the local dataset, and such updates leak
+least): they get ``min_strength`` and the record says ``skipped``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from nvflare_gia.defenses._checks import check_int, check_number, check_seed, look_up_option
+from nvflare_gia.defenses._noise import context_round
+from nvflare_gia.defenses._update import validate_update
+from nvflare_gia.defenses.base import Defense, DefenseContext, DefenseOutcome
+from nvflare_gia.defenses.self_audit import (
+    AuditStatus,
+    SelfAudit,
+    SelfAuditConfig,
+    check_audit_options,
+    threat_from_context,
+)
+from nvflare_gia.errors import ConfigError, DataError
+
+__all__ = ["CalibratedDefenseName", "STRENGTHS", "CalibratedDefenseConfig", "CalibratedDefense", "strength_ladder"]
+
+logger = logging.getLogger(__name__)
+
+
+class CalibratedDefenseName(str, enum.Enum):
+    """The defenses :class:`CalibratedDefense` can wrap."""
+
+    GAUSSIAN = "gaussian"
+    LAPLACIAN = "laplacian"
+    SHADOW = "shadow"
+    LATENT = "latent"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Strength:
+    module: str
+    defense: str
+    config: str
+    field: str
+    low: float
+    high: float
+
+
+#: defense name -> (core class, config class, strength field, default min and max strength).
+#: Defaults: the weakest end is at or below each defense's own default; the strongest end is where
+#: the benchmark's high-risk update stopped leaking in a 300-iteration audit, with room above.
+STRENGTHS: dict[str, _Strength] = {
+    "gaussian": _Strength("nvflare_gia.defenses.gaussian", "GaussianNoise", "GaussianNoiseConfig", "sigma0", 0.1, 100.0),
+    "laplacian": _Strength("nvflare_gia.defenses.laplacian", "LaplacianNoise", "LaplacianNoiseConfig", "b", 1e-4, 0.1),
+    "shadow": _Strength("nvflare_gia.defenses.shadow", "ShadowModelDefense", "ShadowModelConfig", "budget", 0.1, 64.0),
+    "latent": _Strength("nvflare_gia.defenses.latent", "LatentPerturbation", "LatentPerturbationConfig", "epsilon", 0.1, 3.0),
+}
+
+
+def strength_ladder(min_strength: float, max_strength: float, ladder_factor: float) -> tuple[float, ...]:
+    """``min, min·f, min·f², ...`` below ``max``, then ``max`` itself.
+
+    Example:
+        >>> strength_ladder(1.0, 10.0, 3.0)
+        (1.0, 3.0, 9.0, 10.0)
+    """
+    rungs = []
+    value = float(min_strength)
+    while value < max_strength * (1.0 - 1e-9):
+        rungs.append(value)
+        value *= ladder_factor
+    rungs.append(float(max_strength))
+    return tuple(rungs)
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibratedDefenseConfig:
+    """Configuration of :class:`CalibratedDefense`.
+
+    Args:
+        defense: the wrapped defense, ``gaussian``, ``laplacian``, ``shadow`` or ``latent``
+            (see :data:`STRENGTHS` for the strength each one searches). Its other settings are
+            its config's defaults.
+        target: the sent update's audited ``metric`` must be at or under this (finite).
+        metric: ``rdlv`` or ``ssim`` (see :class:`nvflare_gia.defenses.self_audit.LeakageMetric`).
+        min_strength: weakest strength tried (> 0); None = the defense's default in :data:`STRENGTHS`.
+        max_strength: strongest strength tried (> ``min_strength``); None = the default in
+            :data:`STRENGTHS`. If it does not meet the target, the update is blocked.
+        ladder_factor: ratio between consecutive strengths (> 1).
+        total_seconds: wall-clock budget of the whole search per update (defense + audits),
+            > 0; None = unbounded. Each audit's attack budget is capped by what is left.
+        max_images: see :class:`SelfAuditConfig`.
+        max_seconds: attack budget of one audit (see :class:`SelfAuditConfig`).
+        max_iterations: see :class:`SelfAuditConfig`.
+        restarts: see :class:`SelfAuditConfig`.
+        attack_seed: the audit attack's seed (``SelfAuditConfig.seed``).
+        device: see :class:`SelfAuditConfig`.
+        num_threads: see :class:`SelfAuditConfig`.
+        seed: seed of the defense's noise (>= 0). None (the default) draws fresh OS entropy every
+            call; a seed written in the job configuration is known to the server: tests only.
+
+    Raises:
+        TypeError, ConfigError: for an invalid value.
+
+    Example:
+        >>> CalibratedDefenseConfig(defense="gaussian", min_strength=1.0, max_strength=8.0).strengths()
+        (1.0, 2.0, 4.0, 8.0)
+    """
+
+    defense: str = CalibratedDefenseName.GAUSSIAN.value
+    target: float = 0.0
+    metric: str = SelfAuditConfig.metric
+    min_strength: float | None = None
+    max_strength: float | None = None
+    ladder_factor: float = 2.0
+    total_seconds: float | None = 600.0
+    max_images: int = SelfAuditConfig.max_images
+    max_seconds: float | None = SelfAuditConfig.max_seconds
+    max_iterations: int = SelfAuditConfig.max_iterations
+    restarts: int = SelfAuditConfig.restarts
+    attack_seed: int = SelfAuditConfig.seed
+    device: str = SelfAuditConfig.device
+    num_threads: int | None = SelfAuditConfig.num_threads
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        object.__setattr__(self, "defense", look_up_option(owner, "defense", self.defense, CalibratedDefenseName))
+        object.__setattr__(self, "target", check_number(owner, "target", self.target, low=-math.inf))
+        audit = check_audit_options(
+            owner, metric=self.metric, max_images=self.max_images, max_seconds=self.max_seconds,
+            max_iterations=self.max_iterations, restarts=self.restarts, seed=self.attack_seed, device=self.device,
+            num_threads=self.num_threads, seed_name="attack_seed",
+        )
+        audit["attack_seed"] = audit.pop("seed")
+        for name, value in audit.items():
+            object.__setattr__(self, name, value)
+        for name in ("min_strength", "max_strength"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_number(owner, name, value, low=0.0, low_open=True))
+        low, high = self.strength_range()
+        if high <= low:
+            raise ConfigError(
+                f"{owner}: max_strength must be > min_strength ({low!r} for {self.defense!r}), got {self.max_strength!r}."
+                if self.max_strength is not None
+                else f"{owner}: min_strength must be < max_strength ({high!r} for {self.defense!r}), got {self.min_strength!r}."
+            )
+        object.__setattr__(self, "ladder_factor", check_number(owner, "ladder_factor", self.ladder_factor, low=1.0, low_open=True))
+        if self.total_seconds is not None:
+            object.__setattr__(self, "total_seconds", check_number(owner, "total_seconds", self.total_seconds, low=0.0, low_open=True))
+        object.__setattr__(self, "seed", check_seed(owner, self.seed))
+
+    def strength_range(self) -> tuple[float, float]:
+        """``(min_strength, max_strength)`` with the defense's defaults filled in."""
+        spec = STRENGTHS[self.defense]
+        return (
+            spec.low if self.min_strength is None else self.min_strength,
+            spec.high if self.max_strength is None else self.max_strength,
+        )
+
+    def strengths(self) -> tuple[float, ...]:
+        """The ladder, weakest first."""
+        return strength_ladder(*self.strength_range(), self.ladder_factor)
+
+    def audit_config(self) -> SelfAuditConfig:
+        """The :class:`SelfAuditConfig` of the audits."""
+        return SelfAuditConfig(
+            metric=self.metric, max_images=self.max_images, max_seconds=self.max_seconds, max_iterations=self.max_iterations,
+            restarts=self.restarts, seed=self.attack_seed, device=self.device, num_threads=self.num_threads,
+        )
+
+
+class CalibratedDefense(Defense):
+    """The weakest strength of a wrapped defense whose self-audited leakage meets a target.
+
+    See the module docstring for the search and its guarantees. ``apply`` needs the global model
+    and a :class:`DefenseContext` with the client's data (``DefenseContext.from_training_meta``).
+
+    Cost: up to ``len(config.strengths())`` applications of the wrapped defense and as many
+    attacks (each within ``max_seconds`` / ``max_iterations``), all within ``total_seconds``.
+
+    Args:
+        config: the configuration; None uses the :class:`CalibratedDefenseConfig` defaults.
+
+    Raises:
+        TypeError: if ``config`` is not a ``CalibratedDefenseConfig``.
+
+    Example:
+        >>> CalibratedDefense(CalibratedDefenseConfig(defense="laplacian")).name
+        'CalibratedLaplacianNoise'
+    """
+
+    requires_global_state = True
+    requires_data = True
+
+    def __init__(self, config: CalibratedDefenseConfig | None = None) -> None:
+        config = CalibratedDefenseConfig() if config is None else config
+        if not isinstance(config, CalibratedDefenseConfig):
+            raise TypeError(f"CalibratedDefense: config must be a CalibratedDefenseConfig, got {type(config).__name__}.")
+        super().__init__(config.seed)
+        self.config = config
+        spec = STRENGTHS[config.defense]
+        module = importlib.import_module(spec.module)
+        self._defense_cls = getattr(module, spec.defense)
+        self._config_cls = getattr(module, spec.config)
+        self._field = spec.field
+        self._audit = SelfAudit(config.audit_config())
+
+    @property
+    def name(self) -> str:
+        """``Calibrated`` + the wrapped defense's class name (e.g. ``CalibratedGaussianNoise``)."""
+        return f"Calibrated{self._defense_cls.__name__}"
+
+    @property
+    def strength_name(self) -> str:
+        """The wrapped config's field that is searched (``sigma0``, ``b``, ``budget``, ``epsilon``)."""
+        return self._field
+
+    def _build(self, strength: float, seed: int) -> Defense:
+        return self._defense_cls(self._config_cls(**{self._field: strength, "seed": seed}))
+
+    def apply(
+        self, update: Mapping[str, Any], *, global_state: Mapping[str, Any] | None = None, context: DefenseContext | None = None
+    ) -> DefenseOutcome:
+        """Defend ``update`` at the weakest strength whose audited leakage meets the target.
+
+        Returns:
+            The :class:`DefenseOutcome` of the chosen rung; ``params`` holds the wrapped
+            defense's params, ``strength`` and ``calibration`` (``status``, ``defense``,
+            ``strength_name``, ``strength``, ``metric``, ``target``, ``value``, ``tries``
+            (strength, value, seconds of each), ``num_tries``, ``seconds``, and ``reason``
+            when skipped).
+
+        Raises:
+            TypeError: for a wrong argument type.
+            DataError: when no strength up to ``max_strength`` meets the target, the time budget
+                runs out first, the global model or the client's data is missing, or the audit
+                cannot run.
+        """
+        started = time.perf_counter()
+        cfg = self.config
+        owner = self.name
+        if global_state is None:
+            raise DataError(f"{owner}: global_state is required (the self-audit attacks the update from it).")
+        if not isinstance(context, DefenseContext):
+            raise DataError(f"{owner}: context must be a DefenseContext with the client's data, got {type(context).__name__}.")
+        validate_update(update, global_state, owner=owner)
+        threat = threat_from_context(context)
+        round_index = context_round(context, owner)
+        seed = self._next_seed(round_index)
+        deadline = None if cfg.total_seconds is None else started + cfg.total_seconds
+        record: dict[str, Any] = {
+            "defense": cfg.defense, "strength_name": self._field, "metric": cfg.metric, "target": cfg.target, "tries": [],
+        }
+        strengths = cfg.strengths()
+        if threat.num_images > cfg.max_images:
+            outcome = self._build(strengths[0], seed).apply(update, global_state=global_state, context=context)
+            record.update(
+                status=AuditStatus.SKIPPED.value, strength=strengths[0], value=None, num_tries=0,
+                reason=f"{threat.num_images} local images > max_images={cfg.max_images}: not audited, min_strength applied",
+            )
+            return self._outcome(outcome, strengths[0], record, started)
+        images, labels = np.asarray(context.images), np.asarray(context.labels)
+        for strength in strengths:
+            left = None if deadline is None else deadline - time.perf_counter()
+            if left is not None and left <= 0:
+                raise DataError(
+                    f"{owner}: the calibration budget total_seconds={cfg.total_seconds} ran out after {len(record['tries'])} "
+                    f"tries before any {self._field} met {cfg.metric} <= {cfg.target}: {_tries_text(record['tries'])}."
+                )
+            try_started = time.perf_counter()
+            outcome = self._build(strength, seed).apply(update, global_state=global_state, context=context)
+            left = None if deadline is None else deadline - time.perf_counter()
+            if left is not None and left <= 0:
+                left = 1e-3  # the defense used the budget up: the audit still runs, at its minimum
+            audit = self._audit.run(global_state, outcome.update, threat, images, labels, max_seconds=left)
+            record["tries"].append({"strength": strength, "value": audit.value, "seconds": time.perf_counter() - try_started})
+            logger.info("%s: %s=%.4g gives %s=%.4f (target <= %.4f)", owner, self._field, strength, cfg.metric, audit.value, cfg.target)
+            if audit.value <= cfg.target:
+                record.update(status=AuditStatus.AUDITED.value, strength=strength, value=audit.value, num_tries=len(record["tries"]))
+                return self._outcome(outcome, strength, record, started)
+        raise DataError(
+            f"{owner}: no {self._field} up to max_strength={strengths[-1]!r} met {cfg.metric} <= {cfg.target}: "
+            f"{_tries_text(record['tries'])}. Raise max_strength or the target, or keep this client out of the round."
+        )
+
+    def _outcome(self, outcome: DefenseOutcome, strength: float, record: dict[str, Any], started: float) -> DefenseOutcome:
+        seconds = time.perf_counter() - started
+        record["seconds"] = seconds
+        params = {**outcome.params, "strength": strength, "calibration": record}
+        return DefenseOutcome(update=outcome.update, noise_norm=outcome.noise_norm, params=params, seconds=seconds)
+
+
+def _tries_text(tries: list[dict[str, Any]]) -> str:
+    if not tries:
+        return "no audit ran"
+    return ", ".join(f"{t['strength']:.4g} -> {t['value']:.4f}" for t in tries)

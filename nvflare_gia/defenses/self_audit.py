@@ -1,0 +1,428 @@
+"""Client self-audit: attack one's own outgoing update and score it against one's own images.
+
+A client that holds its training images can measure, before sending, how much its (already
+defended) update leaks to the honest-but-curious server of DESIGN.md: it runs the same attack
+engine the server-side widget runs (:class:`nvflare_gia.attack.GradientInversionAttack`, same
+defaults, same threat model built from what the server knows) against the cached global model,
+and scores the reconstruction with the same leakage metrics
+(:func:`nvflare_gia.metrics.evaluate_leakage`; Hungarian matching, SSIM, RDLV of Hatamizadeh et
+al., IEEE TMI 2023). No nvflare import: the FLARE filters in
+:mod:`nvflare_gia.flare.audit_filters` only adapt it.
+
+Two uses:
+
+* :class:`LeakageGate` — pass or block an update by a threshold on the leakage metric;
+* :class:`nvflare_gia.defenses.calibrated.CalibratedDefense` — search the weakest defense
+  strength whose audited leakage is at or under a target.
+
+What a self-audit can and cannot promise: it is one run of the attack under a budget. A stronger
+or longer attack (the server's, with more restarts or seconds, or a better prior) can leak more
+than the audit measured; the audit is a lower bound on leakage, not a proof of privacy.
+Budgets (``max_iterations``, ``max_seconds``, ``restarts``) trade that gap against client time.
+With ``max_seconds=None`` the audit is deterministic on CPU for a fixed ``seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from nvflare_gia.attack import AttackConfig, DeviceName, GradientInversionAttack, ThreatModel
+from nvflare_gia.defenses._checks import check_int, check_number, look_up_option
+from nvflare_gia.defenses.base import DefenseContext
+from nvflare_gia.errors import DataError
+from nvflare_gia.metrics import evaluate_leakage
+
+__all__ = [
+    "AuditStatus",
+    "LeakageMetric",
+    "SelfAuditConfig",
+    "SelfAuditResult",
+    "SelfAudit",
+    "LeakageGateConfig",
+    "LeakageGate",
+    "threat_from_context",
+    "check_audit_options",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class LeakageMetric(str, enum.Enum):
+    """Metric a self-audit compares with its threshold or target; for both, higher = more leakage.
+
+    ``rdlv``: relative data leakage value (TMI 2023), ``(SSIM(recon) - SSIM(prior)) / SSIM(prior)``
+    with a flat gray prior; > 0 means the reconstruction tells more than the prior alone.
+    ``ssim``: mean SSIM between matched reconstructions and true images, in [-1, 1].
+    """
+
+    RDLV = "rdlv"
+    SSIM = "ssim"
+
+
+class AuditStatus(str, enum.Enum):
+    """``audited``: the attack ran and was scored. ``skipped``: not audited, and why is recorded."""
+
+    AUDITED = "audited"
+    SKIPPED = "skipped"
+
+
+def check_audit_options(
+    owner: str,
+    *,
+    metric: Any,
+    max_images: Any,
+    max_seconds: Any,
+    max_iterations: Any,
+    restarts: Any,
+    seed: Any,
+    device: Any,
+    num_threads: Any,
+    seed_name: str = "seed",
+) -> dict[str, Any]:
+    """Validate the self-audit options (messages name the argument, its constraint and the value).
+
+    Args:
+        owner: class name for the messages.
+        seed_name: the name under which ``seed`` is known to the caller (e.g. ``attack_seed``).
+
+    Returns:
+        The normalised values, keyed as :class:`SelfAuditConfig` fields.
+
+    Raises:
+        TypeError: for a wrong type.
+        ConfigError: for a value out of range or an unknown option.
+    """
+    out = {
+        "metric": look_up_option(owner, "metric", metric, LeakageMetric),
+        "max_images": check_int(owner, "max_images", max_images, minimum=1),
+        "max_seconds": None if max_seconds is None else check_number(owner, "max_seconds", max_seconds, low=0.0, low_open=True),
+        "max_iterations": check_int(owner, "max_iterations", max_iterations, minimum=1),
+        "restarts": check_int(owner, "restarts", restarts, minimum=1),
+        "seed": check_int(owner, seed_name, seed, minimum=0),
+        "device": look_up_option(owner, "device", device, DeviceName),
+        "num_threads": check_int(owner, "num_threads", num_threads, minimum=1, allow_none=True),
+    }
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfAuditConfig:
+    """Configuration of :class:`SelfAudit`: the metric and the attack's budget.
+
+    The attack's other settings are :class:`nvflare_gia.attack.AttackConfig`'s defaults, so the
+    self-audit runs the attack the server-side widget runs.
+
+    Args:
+        metric: ``rdlv`` or ``ssim`` (see :class:`LeakageMetric`).
+        max_images: updates of clients that trained on more images are not audited (status
+            ``skipped``): the attack optimises one dummy image per local image, so its cost grows
+            with the local dataset, and large local datasets leak least. The widget's default.
+        max_seconds: wall-clock budget of one audit's attack (``AttackConfig.max_seconds``);
+            None = iterations only (deterministic on CPU).
+        max_iterations: iterations per restart (``AttackConfig.max_iterations``).
+        restarts: attack restarts (``AttackConfig.restarts``).
+        seed: attack seed (``AttackConfig.seed``); it seeds the attacker's initialisation, not
+            any noise, so fixing it discloses nothing.
+        device: ``auto``, ``cpu`` or ``cuda`` (``AttackConfig.device``).
+        num_threads: torch threads of the attack (``AttackConfig.num_threads``).
+
+    Raises:
+        TypeError, ConfigError: for an invalid value.
+
+    Example:
+        >>> SelfAuditConfig(max_iterations=100, max_seconds=None).attack_config().max_iterations
+        100
+    """
+
+    metric: str = LeakageMetric.RDLV.value
+    max_images: int = 32
+    max_seconds: float | None = AttackConfig.max_seconds
+    max_iterations: int = AttackConfig.max_iterations
+    restarts: int = AttackConfig.restarts
+    seed: int = AttackConfig.seed
+    device: str = AttackConfig.device
+    num_threads: int | None = AttackConfig.num_threads
+
+    def __post_init__(self) -> None:
+        values = check_audit_options(type(self).__name__, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def attack_config(self, max_seconds: float | None = None, *, cap_seconds: bool = False) -> AttackConfig:
+        """The attack's configuration; with ``cap_seconds`` its time budget is at most ``max_seconds``."""
+        seconds = self.max_seconds
+        if cap_seconds and max_seconds is not None:
+            seconds = max_seconds if seconds is None else min(seconds, max_seconds)
+        return AttackConfig(
+            max_seconds=seconds,
+            max_iterations=self.max_iterations,
+            restarts=self.restarts,
+            seed=self.seed,
+            device=self.device,
+            num_threads=self.num_threads,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfAuditResult:
+    """Outcome of one self-audit.
+
+    Attributes:
+        status: ``audited`` or ``skipped`` (see :class:`AuditStatus`).
+        metric: the metric's name.
+        value: the metric's value (None when skipped); higher = more leakage.
+        seconds: wall-clock time of the audit.
+        reason: why it was skipped ("" when audited).
+        metrics: every ``gia/<metric>`` the audit computed (SSIM, PSNR, RDLV, residuals, ...).
+    """
+
+    status: str
+    metric: str
+    value: float | None
+    seconds: float
+    reason: str = ""
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (what the filters write into the DXO meta)."""
+        out: dict[str, Any] = {"status": self.status, "metric": self.metric, "value": self.value, "seconds": self.seconds}
+        if self.reason:
+            out["reason"] = self.reason
+        if "gia/attack_iterations" in self.metrics:
+            out["attack_iterations"] = int(self.metrics["gia/attack_iterations"])
+        return out
+
+
+def threat_from_context(context: DefenseContext) -> ThreatModel:
+    """What the server knows about this client's round, built from the defense context.
+
+    Equal to ``ThreatModel.from_meta(meta)`` for a client that reports its hyperparameters
+    truthfully (``nvflare_gia.flare.client_train`` does); ``DefenseContext.from_training_meta``
+    has already checked the meta against the site's data.
+
+    Raises:
+        DataError: if the context lacks the client's data or training configuration.
+    """
+    context.require_data("threat_from_context")
+    images = np.asarray(context.images)
+    return ThreatModel(
+        model=context.model,
+        num_classes=context.num_classes,
+        in_channels=int(images.shape[1]),
+        image_size=int(images.shape[-1]),
+        training=context.training,
+        batch_size=context.batch_size,
+        num_images=int(images.shape[0]),
+    )
+
+
+class SelfAudit:
+    """Run the gradient inversion attack on one's own update and score it against one's own images.
+
+    Args:
+        config: the configuration; None uses the :class:`SelfAuditConfig` defaults.
+
+    Raises:
+        TypeError: if ``config`` is not a ``SelfAuditConfig``.
+
+    Example:
+        >>> SelfAudit(SelfAuditConfig(metric="ssim")).config.metric
+        'ssim'
+    """
+
+    def __init__(self, config: SelfAuditConfig | None = None) -> None:
+        config = SelfAuditConfig() if config is None else config
+        if not isinstance(config, SelfAuditConfig):
+            raise TypeError(f"SelfAudit: config must be a SelfAuditConfig, got {type(config).__name__}.")
+        self.config = config
+
+    def run(
+        self,
+        global_state: Mapping[str, Any],
+        update: Mapping[str, Any],
+        threat: ThreatModel,
+        images: Any,
+        labels: Any,
+        *,
+        max_seconds: float | None = None,
+    ) -> SelfAuditResult:
+        """Attack ``update`` (``WEIGHT_DIFF`` from ``global_state``) and score it against ``images``.
+
+        Args:
+            global_state: the global model the client trained from.
+            update: the update as it would be sent (after the defenses).
+            threat: the client's round as the server knows it.
+            images: the client's training images ``(N, C, H, W)`` in [0, 1], N = ``threat.num_images``.
+            labels: their labels ``(N,)``.
+            max_seconds: cap on this call's attack budget (e.g. what is left of a search budget).
+
+        Returns:
+            The :class:`SelfAuditResult` (``skipped`` when ``threat.num_images > max_images``).
+
+        Raises:
+            TypeError: for a wrong argument type.
+            DataError: if the images do not match the threat model, the update is malformed,
+                or the metric is not finite.
+        """
+        started = time.perf_counter()
+        cfg = self.config
+        if not isinstance(threat, ThreatModel):
+            raise TypeError(f"SelfAudit: threat must be a ThreatModel, got {type(threat).__name__}.")
+        if threat.num_images > cfg.max_images:
+            return SelfAuditResult(
+                status=AuditStatus.SKIPPED.value,
+                metric=cfg.metric,
+                value=None,
+                seconds=time.perf_counter() - started,
+                reason=f"{threat.num_images} local images > max_images={cfg.max_images}",
+            )
+        truth = np.asarray(images, dtype=np.float32)
+        truth_labels = np.asarray(labels).reshape(-1)
+        expected = (threat.num_images, threat.in_channels, threat.image_size, threat.image_size)
+        if truth.shape != expected or len(truth_labels) != threat.num_images:
+            raise DataError(
+                f"SelfAudit: the client's images must be {expected} with one label each (the threat model's round), "
+                f"got images {truth.shape} and {len(truth_labels)} labels."
+            )
+        if max_seconds is not None and not max_seconds > 0:
+            raise DataError(f"SelfAudit: no time left for the attack (max_seconds={max_seconds!r}).")
+        attack = GradientInversionAttack(cfg.attack_config(max_seconds, cap_seconds=True))
+        result = attack.reconstruct(global_state, update, threat)
+        report = evaluate_leakage(
+            result.images,
+            truth,
+            reconstructed_labels=result.labels,
+            true_labels=truth_labels,
+            site_images=truth,
+            ground_truth_indices=np.arange(len(truth)),
+            update_residual=float(result.stats["update_residual"]),
+            bn_residual=float(result.stats["bn_residual"]),
+        )
+        metrics = {**result.to_dict(), **report.to_dict()}
+        value = metrics.get(f"gia/{cfg.metric}")
+        if value is None or not math.isfinite(float(value)):
+            raise DataError(f"SelfAudit: the attack gave no finite {cfg.metric} ({value!r}); the update cannot be audited.")
+        seconds = time.perf_counter() - started
+        logger.info("self-audit: %s = %.4f after %d attack iterations in %.2f s", cfg.metric, float(value), int(result.stats["iterations"]), seconds)
+        return SelfAuditResult(
+            status=AuditStatus.AUDITED.value,
+            metric=cfg.metric,
+            value=float(value),
+            seconds=seconds,
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LeakageGateConfig:
+    """Configuration of :class:`LeakageGate`.
+
+    Args:
+        metric: see :class:`SelfAuditConfig`.
+        threshold: the update passes when the audited metric is at or under it (finite; for
+            ``rdlv`` 0 means "no more than the attacker's prior").
+        every_n_rounds: audit rounds ``0, n, 2n, ...`` (>= 1); other rounds pass, recorded as
+            skipped. A round that is not known is audited.
+        max_images, max_seconds, max_iterations, restarts, seed, device, num_threads: see
+            :class:`SelfAuditConfig`.
+
+    Raises:
+        TypeError, ConfigError: for an invalid value.
+
+    Example:
+        >>> LeakageGateConfig(threshold=0.1).audit_config().metric
+        'rdlv'
+    """
+
+    metric: str = SelfAuditConfig.metric
+    threshold: float = 0.0
+    every_n_rounds: int = 1
+    max_images: int = SelfAuditConfig.max_images
+    max_seconds: float | None = SelfAuditConfig.max_seconds
+    max_iterations: int = SelfAuditConfig.max_iterations
+    restarts: int = SelfAuditConfig.restarts
+    seed: int = SelfAuditConfig.seed
+    device: str = SelfAuditConfig.device
+    num_threads: int | None = SelfAuditConfig.num_threads
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        audit_fields = [f.name for f in dataclasses.fields(SelfAuditConfig)]
+        for name, value in check_audit_options(owner, **{n: getattr(self, n) for n in audit_fields}).items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "threshold", check_number(owner, "threshold", self.threshold, low=-math.inf))
+        object.__setattr__(self, "every_n_rounds", check_int(owner, "every_n_rounds", self.every_n_rounds, minimum=1))
+
+    def audit_config(self) -> SelfAuditConfig:
+        """The :class:`SelfAuditConfig` part."""
+        return SelfAuditConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SelfAuditConfig)})
+
+
+class LeakageGate:
+    """Decide whether an update may leave the client: audit it and compare with a threshold.
+
+    Args:
+        config: the configuration; None uses the :class:`LeakageGateConfig` defaults.
+
+    Raises:
+        TypeError: if ``config`` is not a ``LeakageGateConfig``.
+
+    Example:
+        >>> LeakageGate().audits_round(3), LeakageGate(LeakageGateConfig(every_n_rounds=2)).audits_round(3)
+        (True, False)
+    """
+
+    def __init__(self, config: LeakageGateConfig | None = None) -> None:
+        config = LeakageGateConfig() if config is None else config
+        if not isinstance(config, LeakageGateConfig):
+            raise TypeError(f"LeakageGate: config must be a LeakageGateConfig, got {type(config).__name__}.")
+        self.config = config
+        self._audit = SelfAudit(config.audit_config())
+
+    def audits_round(self, round_index: int | None) -> bool:
+        """Whether round ``round_index`` is audited (an unknown round is)."""
+        return round_index is None or round_index % self.config.every_n_rounds == 0
+
+    def check(
+        self,
+        global_state: Mapping[str, Any],
+        update: Mapping[str, Any],
+        threat: ThreatModel,
+        images: Any,
+        labels: Any,
+        *,
+        round_index: int | None = None,
+    ) -> dict[str, Any]:
+        """Audit the update (if its round is due) and return the decision.
+
+        Returns:
+            ``{"metric", "value", "threshold", "passed", "seconds", "round", "status"}`` plus
+            ``reason`` when skipped and ``attack_iterations`` when audited. A skipped audit passes.
+
+        Raises:
+            DataError, TypeError: when the audit cannot run (see :meth:`SelfAudit.run`).
+        """
+        if not self.audits_round(round_index):
+            return self.skip(round_index)
+        return self._decide(self._audit.run(global_state, update, threat, images, labels), round_index)
+
+    def skip(self, round_index: int | None) -> dict[str, Any]:
+        """The decision for a round that is not due for an audit: it passes, recorded as skipped."""
+        cfg = self.config
+        result = SelfAuditResult(
+            status=AuditStatus.SKIPPED.value, metric=cfg.metric, value=None, seconds=0.0,
+            reason=f"round {round_index} is not audited (every_n_rounds={cfg.every_n_rounds})",
+        )
+        return self._decide(result, round_index)
+
+    def _decide(self, result: SelfAuditResult, round_index: int | None) -> dict[str, Any]:
+        passed = result.value is None or result.value <= self.config.threshold
+        return {**result.to_dict(), "threshold": self.config.threshold, "passed": bool(passed), "round": round_index}

@@ -1,0 +1,361 @@
+"""The self-audit filters (leakage gate, calibrated defense), run through ``filter.process`` with a real FLContext.
+
+Real 64×64 chest X-rays (``nih_cxr_path``); attack budgets are iteration counts with no time limit
+(``max_seconds=None``), so every audit is deterministic. The workspace holds two data specs: the
+TMI 2023 partition (site-1: 1 image, batch 1, the high-risk site) and an even partition with 8
+images at batch 8 per site.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.filter import ContentBlockedException
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_context import FLContext, FLContextManager
+from nvflare.apis.shareable import Shareable
+from nvflare.apis.workspace import Workspace
+from nvflare.app_common.app_constant import AppConstants
+
+from nvflare_gia.attack import AttackConfig
+from nvflare_gia.data import DataSpec, load_site_data
+from nvflare_gia.defenses.calibrated import CalibratedDefenseConfig, strength_ladder
+from nvflare_gia.defenses.self_audit import LeakageGateConfig, SelfAuditConfig
+from nvflare_gia.flare.audit_filters import (
+    GIA_CALIBRATION_META_KEY,
+    GIA_GATE_META_KEY,
+    CalibratedDefenseFilter,
+    LeakageGateFilter,
+)
+from nvflare_gia.flare.filters import GIA_DEFENSE_META_KEY, GaussianNoiseFilter
+from nvflare_gia.models import SmallCNN
+from nvflare_gia.training import TrainingConfig, train_local
+
+SITE = "site-1"
+JOB_ID = "job-1"
+ROUND = 2
+TASK_ID = "task-a"
+LARGE_BATCH_SPEC = "gia_data_batch8.json"
+#: deterministic, short attack budgets (iterations, no wall clock)
+FAST = {"max_iterations": 200, "restarts": 1, "max_seconds": None}
+TINY = {"max_iterations": 5, "restarts": 1, "max_seconds": None}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class _Engine:
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self.manager = FLContextManager(engine=self, identity_name=SITE, job_id=JOB_ID)
+
+    def get_workspace(self) -> Workspace:
+        return self.workspace
+
+    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        pass
+
+    def new_context(self) -> FLContext:
+        return self.manager.new_context()
+
+
+@dataclasses.dataclass(frozen=True)
+class Round:
+    global_state: dict[str, np.ndarray]
+    update: dict[str, np.ndarray]
+    meta: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    engine: _Engine
+    high_risk: Round  # 1 image, batch 1 (gia_data.json)
+    large_batch: Round  # 8 images, batch 8 (LARGE_BATCH_SPEC)
+
+
+def _train(spec: DataSpec) -> Round:
+    data = load_site_data(spec, SITE)
+    training = TrainingConfig()
+    model = SmallCNN(init_seed=0)
+    start = copy.deepcopy(model.state_dict())
+    steps = train_local(model, data.train_images, data.train_labels, data.batch_size, training, round_index=ROUND)
+    update = {k: (v - start[k]).numpy() for k, v in model.state_dict().items()}
+    meta = {
+        "NUM_STEPS_CURRENT_ROUND": steps,
+        "gia_training": {
+            **training.to_dict(), "batch_size": data.batch_size, "num_images": int(len(data.train_labels)), "model": "small_cnn",
+            "num_classes": data.num_classes, "in_channels": 1, "image_size": int(data.train_images.shape[-1]), "loss": "cross_entropy",
+        },
+    }
+    return Round({k: v.numpy() for k, v in start.items()}, update, meta)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, nih_cxr_path) -> Site:
+    root = tmp_path_factory.mktemp("workspace")
+    (root / "startup").mkdir()
+    (root / "local").mkdir()
+    workspace = Workspace(str(root), site_name=SITE)
+    config_dir = Path(workspace.get_app_config_dir(JOB_ID))
+    config_dir.mkdir(parents=True)
+    names = (SITE, "site-2", "site-3")
+    high_risk = DataSpec(source=str(nih_cxr_path), scheme="tmi2023", site_names=names)
+    large_batch = DataSpec(source=str(nih_cxr_path), scheme="even", batch_size=8, max_train_images=24, site_names=names)
+    (config_dir / "gia_data.json").write_text(high_risk.to_json())
+    (config_dir / LARGE_BATCH_SPEC).write_text(large_batch.to_json())
+    return Site(_Engine(workspace), _train(high_risk), _train(large_batch))
+
+
+def _context(site: Site) -> FLContext:
+    fl_ctx = site.engine.new_context()
+    fl_ctx.set_prop(FLContextKey.TASK_ID, TASK_ID, private=True, sticky=False)
+    fl_ctx.set_prop(FLContextKey.TASK_NAME, "train", private=True, sticky=False)
+    return fl_ctx
+
+
+def _deliver(flt, fl_ctx: FLContext, case: Round, round_index: int = ROUND) -> None:
+    """What FLARE does around the executor: TASK_DATA at BEFORE_TASK_EXECUTION, cleared afterwards."""
+    task_data = DXO(DataKind.WEIGHTS, dict(case.global_state)).to_shareable()
+    task_data.set_header(AppConstants.CURRENT_ROUND, round_index)
+    flt.handle_event(EventType.START_RUN, fl_ctx)
+    fl_ctx.set_prop(FLContextKey.TASK_DATA, task_data, private=True, sticky=False)
+    flt.handle_event(EventType.BEFORE_TASK_EXECUTION, fl_ctx)
+    fl_ctx.set_prop(FLContextKey.TASK_DATA, None, private=True, sticky=False)
+
+
+def _result(case: Round, data: dict | None = None, meta: dict | None = None, kind: str = DataKind.WEIGHT_DIFF) -> Shareable:
+    source = data if data is not None else case.update
+    return DXO(kind, {k: np.array(v, copy=True) for k, v in source.items()}, meta=copy.deepcopy(meta if meta is not None else case.meta)).to_shareable()
+
+
+def _run(filters, site: Site, case: Round, shareable: Shareable | None = None, *, deliver: bool = True, round_index: int = ROUND) -> DXO:
+    """Run a chain of filters on one result, as FLARE's client runner does."""
+    filters = filters if isinstance(filters, (list, tuple)) else [filters]
+    fl_ctx = _context(site)
+    if deliver:
+        for flt in filters:
+            _deliver(flt, fl_ctx, case, round_index)
+    out = shareable if shareable is not None else _result(case)
+    for flt in filters:
+        out = flt.process(out, fl_ctx)
+    return from_shareable(out)
+
+
+# ---------------------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    ("filter_cls", "config_cls"), [(LeakageGateFilter, LeakageGateConfig), (CalibratedDefenseFilter, CalibratedDefenseConfig)],
+    ids=lambda c: c.__name__,
+)
+def test_filter_signature_matches_its_config_fields_and_defaults(filter_cls, config_cls):
+    parameters = inspect.signature(filter_cls.__init__).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    assert set(parameters) - {"self"} == set(fields) | {"data_spec"}
+    for name, default in fields.items():
+        assert parameters[name].default == default, name
+    assert parameters["data_spec"].default == "gia_data.json"
+    flt = filter_cls()
+    for name, default in fields.items():
+        assert getattr(flt, name) == default, name
+
+
+def test_attack_defaults_come_from_attack_config():
+    for config_cls, seed_field in ((SelfAuditConfig, "seed"), (LeakageGateConfig, "seed"), (CalibratedDefenseConfig, "attack_seed")):
+        defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+        for field in ("max_seconds", "max_iterations", "restarts", "device", "num_threads"):
+            assert defaults[field] == getattr(AttackConfig, field), (config_cls.__name__, field)
+        assert defaults[seed_field] == AttackConfig.seed
+
+
+def test_strength_ladder_is_geometric_and_ends_at_max():
+    assert strength_ladder(0.1, 100.0, 10.0) == pytest.approx((0.1, 1.0, 10.0, 100.0))
+    assert strength_ladder(1.0, 5.0, 2.0) == (1.0, 2.0, 4.0, 5.0)
+    assert CalibratedDefenseConfig(defense="shadow", max_strength=0.4).strengths() == pytest.approx((0.1, 0.2, 0.4))
+
+
+def test_core_self_audit_modules_do_not_import_nvflare():
+    code = (
+        "import sys, nvflare_gia.defenses.self_audit, nvflare_gia.defenses.calibrated\n"
+        "print(','.join(sorted(m for m in sys.modules if m == 'nvflare' or m.startswith('nvflare.'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("filter_cls", [LeakageGateFilter, CalibratedDefenseFilter], ids=lambda c: c.__name__)
+def test_filters_build_from_a_json_component_config(filter_cls):
+    from nvflare.fuel.utils.component_builder import ComponentBuilder
+
+    class _Builder(ComponentBuilder):
+        def get_module_scanner(self):
+            return None
+
+    path = f"nvflare_gia.flare.audit_filters.{filter_cls.__name__}"
+    assert isinstance(_Builder().build_component({"path": path, "args": {}}), filter_cls)
+    assert _Builder().build_component({"path": path, "args": {"max_iterations": 7}}).max_iterations == 7
+
+
+# ---------------------------------------------------------------------------------------- the gate
+
+
+def test_gate_blocks_the_undefended_high_risk_update(site):
+    gate = LeakageGateFilter(threshold=0.0, **FAST)
+    with pytest.raises(ContentBlockedException, match=r"self-audited rdlv = .* > threshold 0.0"):
+        _run(gate, site, site.high_risk)
+
+
+def test_gate_passes_a_large_batch_update_and_records_the_audit(site):
+    gate = LeakageGateFilter(threshold=0.0, data_spec=LARGE_BATCH_SPEC, **FAST)
+    dxo = _run(gate, site, site.large_batch)
+    record = dxo.get_meta_prop(GIA_GATE_META_KEY)
+    assert record["status"] == "audited" and record["passed"] is True
+    assert record["metric"] == "rdlv" and record["value"] <= 0.0 and record["threshold"] == 0.0
+    assert record["round"] == ROUND and record["seconds"] > 0 and record["attack_iterations"] == FAST["max_iterations"]
+    for key, value in site.large_batch.update.items():
+        assert np.array_equal(dxo.data[key], value), key
+    assert "LeakageGateFilter" in dxo.get_filter_history()
+
+
+def test_gate_after_a_defense_audits_the_defended_update_by_ssim(site):
+    """Gaussian filter then the gate (the gate job's chain), on WEIGHTS; SSIM as the metric."""
+    weights = {k: site.high_risk.global_state[k] + site.high_risk.update[k] for k in site.high_risk.update}
+    chain = [GaussianNoiseFilter(sigma0=100.0, seed=0), LeakageGateFilter(metric="ssim", threshold=0.9, **TINY)]
+    dxo = _run(chain, site, site.high_risk, _result(site.high_risk, weights, kind=DataKind.WEIGHTS))
+    record = dxo.get_meta_prop(GIA_GATE_META_KEY)
+    assert record["metric"] == "ssim" and record["passed"] is True and -1.0 <= record["value"] <= 0.9
+    assert dxo.get_meta_prop(GIA_DEFENSE_META_KEY)["name"] == "GaussianNoise"
+    assert dxo.data_kind == DataKind.WEIGHTS
+
+
+def test_gate_passes_rounds_it_does_not_audit(site):
+    dxo = _run(LeakageGateFilter(every_n_rounds=4, **TINY), site, site.high_risk)
+    record = dxo.get_meta_prop(GIA_GATE_META_KEY)
+    assert record["status"] == "skipped" and record["passed"] is True and record["value"] is None
+    assert "every_n_rounds=4" in record["reason"]
+
+
+def test_gate_passes_clients_above_max_images_without_an_audit(site):
+    dxo = _run(LeakageGateFilter(max_images=4, data_spec=LARGE_BATCH_SPEC, **TINY), site, site.large_batch)
+    record = dxo.get_meta_prop(GIA_GATE_META_KEY)
+    assert record["status"] == "skipped" and record["passed"] is True and "max_images=4" in record["reason"]
+
+
+# ---------------------------------------------------------------------------------------- calibration
+
+
+def test_calibrated_strength_is_monotone_in_the_target(site):
+    chosen = {}
+    for target in (0.5, 0.0, -0.3):
+        flt = CalibratedDefenseFilter(target=target, min_strength=1.0, max_strength=1000.0, ladder_factor=10.0, seed=0, **FAST)
+        dxo = _run(flt, site, site.high_risk)
+        calibration = dxo.get_meta_prop(GIA_CALIBRATION_META_KEY)
+        assert calibration["status"] == "audited" and calibration["value"] <= target
+        assert calibration["num_tries"] == len(calibration["tries"])
+        assert all(t["value"] > target for t in calibration["tries"][:-1])
+        record = dxo.get_meta_prop(GIA_DEFENSE_META_KEY)
+        assert record["name"] == "CalibratedGaussianNoise"
+        assert record["params"]["sigma0"] == calibration["strength"] == record["params"]["strength"]
+        assert "calibration" not in record["params"]
+        chosen[target] = calibration["strength"]
+    assert chosen[0.5] <= chosen[0.0] <= chosen[-0.3]
+    assert chosen[0.5] < chosen[-0.3]
+
+
+def test_calibrated_filter_applies_min_strength_to_clients_above_max_images(site):
+    flt = CalibratedDefenseFilter(max_images=4, seed=0, data_spec=LARGE_BATCH_SPEC, **TINY)
+    dxo = _run(flt, site, site.large_batch)
+    calibration = dxo.get_meta_prop(GIA_CALIBRATION_META_KEY)
+    assert calibration["status"] == "skipped" and calibration["strength"] == 0.1 and calibration["num_tries"] == 0
+    assert dxo.get_meta_prop(GIA_DEFENSE_META_KEY)["params"]["sigma0"] == 0.1
+
+
+def test_calibrated_filter_fails_closed_when_no_strength_reaches_the_target(site):
+    flt = CalibratedDefenseFilter(target=-5.0, min_strength=0.1, max_strength=0.2, seed=0, **TINY)
+    with pytest.raises(ContentBlockedException, match=r"no sigma0 up to max_strength=0.2 met rdlv <= -5.0"):
+        _run(flt, site, site.high_risk)
+
+
+def test_calibrated_filter_fails_closed_when_the_budget_runs_out(site):
+    flt = CalibratedDefenseFilter(total_seconds=1e-6, seed=0, **TINY)
+    with pytest.raises(ContentBlockedException, match="total_seconds=1e-06 ran out"):
+        _run(flt, site, site.high_risk)
+
+
+def test_calibrated_shadow_defends_the_high_risk_update(site):
+    flt = CalibratedDefenseFilter(defense="shadow", target=0.5, min_strength=0.5, max_strength=2.0, seed=0, **TINY)
+    dxo = _run(flt, site, site.high_risk)
+    assert dxo.get_meta_prop(GIA_DEFENSE_META_KEY)["name"] == "CalibratedShadowModelDefense"
+    assert dxo.get_meta_prop(GIA_CALIBRATION_META_KEY)["strength_name"] == "budget"
+
+
+# ---------------------------------------------------------------------------------------- failing closed (both)
+
+
+def _both(**kwargs):
+    return [LeakageGateFilter(**TINY, **kwargs), CalibratedDefenseFilter(seed=0, **TINY, **kwargs)]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["gate", "calibrated"])
+def test_fail_closed_without_a_cached_global_model(site, index):
+    with pytest.raises(ContentBlockedException, match="was not cached"):
+        _run(_both()[index], site, site.high_risk, deliver=False)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["gate", "calibrated"])
+def test_fail_closed_without_the_data_spec(site, index):
+    with pytest.raises(ContentBlockedException, match="data_spec"):
+        _run(_both(data_spec="missing.json")[index], site, site.high_risk)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["gate", "calibrated"])
+def test_fail_closed_on_a_malformed_update(site, index):
+    bad = {k: np.array(v, copy=True) for k, v in site.high_risk.update.items()}
+    bad["features.0.weight"].flat[3] = np.nan
+    with pytest.raises(ContentBlockedException, match="non-finite"):
+        _run(_both()[index], site, site.high_risk, _result(site.high_risk, bad))
+    missing = {k: v for k, v in site.high_risk.update.items() if k != "classifier.bias"}
+    with pytest.raises(ContentBlockedException, match="lacks"):
+        _run(_both()[index], site, site.high_risk, _result(site.high_risk, missing))
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["gate", "calibrated"])
+def test_fail_closed_without_training_meta(site, index):
+    with pytest.raises(ContentBlockedException, match="gia_training"):
+        _run(_both()[index], site, site.high_risk, _result(site.high_risk, meta={}))
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["gate", "calibrated"])
+def test_fail_closed_when_the_meta_disagrees_with_the_site_data(site, index):
+    meta = copy.deepcopy(site.high_risk.meta)
+    meta["gia_training"]["num_images"] = 8
+    with pytest.raises(ContentBlockedException, match="num_images=8"):
+        _run(_both()[index], site, site.high_risk, _result(site.high_risk, meta=meta))
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["gate", "calibrated"])
+def test_fail_closed_when_the_attack_raises(site, index, monkeypatch):
+    from nvflare_gia.attack import GradientInversionAttack
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("attack exploded")
+
+    monkeypatch.setattr(GradientInversionAttack, "reconstruct", broken)
+    with pytest.raises(ContentBlockedException, match="attack exploded"):
+        _run(_both()[index], site, site.high_risk)
