@@ -51,8 +51,12 @@ class GradientInversionWidget(Widget):
     ``AFTER_CONTRIBUTION_ACCEPT`` it copies the client's update and queues it; a worker thread runs
     :class:`~nvflare_gia.attack.GradientInversionAttack` off the aggregation path, within a time
     budget per attack. Nothing it does raises into FLARE: failures are logged and recorded as
-    ``gia/status`` = ``failed``/``skipped``/``not_finished`` with a reason. At ``END_RUN`` it waits for
-    queued attacks at most ``end_run_wait_s`` seconds.
+    ``gia/status`` = ``failed``/``skipped``/``not_finished`` with a reason. At the end of the run it
+    waits for queued attacks at most ``end_run_wait_s`` seconds in all (an attack that hangs past its
+    budget is abandoned and recorded ``not_finished``), and records ``gia/status`` = ``missing`` for
+    every selected client and round without an accepted update: a client that was sent the round's
+    task but dropped out or replied with an error, or a client seen in an earlier round (or named in
+    ``clients``) that was not sent the task at all.
 
     Outputs (owner-only, inside the server's run directory ``<run_dir>/<output_dir>/``):
     ``metrics.jsonl`` (one JSON line per client and round), ``<client>/round_<r>/reconstruction.npz``
@@ -180,7 +184,11 @@ class GradientInversionWidget(Widget):
         self._data_spec = None
         self._prior_image: np.ndarray | None = None
         self._in_progress: AuditTarget | None = None
-        self._seen_clients: set[str] = set()
+        self._lock = threading.Lock()  # orders the worker's last record against END_RUN's leftovers
+        self._recording = False  # the worker is writing the in-progress target's record
+        self._tasked: dict[int, set[str]] = {}  # selected round -> clients sent its train task
+        self._contributed: dict[int, set[str]] = {}  # selected round -> clients whose update was accepted
+        self._missing_reported = False
         self._drain_deadline: float | None = None
 
     # ----------------------------------------------------------------- events
@@ -225,7 +233,13 @@ class GradientInversionWidget(Widget):
         if not isinstance(shareable, Shareable):
             return
         round_index = self._round_of(shareable, fl_ctx)
-        if round_index in self._global_models or not self._selected_round(round_index):
+        if not self._selected_round(round_index):
+            return
+        peer = fl_ctx.get_peer_context()
+        client = peer.get_identity_name() if peer is not None else None
+        if client:
+            self._tasked.setdefault(round_index, set()).add(client)
+        if round_index in self._global_models:
             return
         dxo = from_shareable(shareable)
         if dxo.data_kind != DataKind.WEIGHTS:
@@ -249,9 +263,9 @@ class GradientInversionWidget(Widget):
             return
         client = result.get_peer_prop(ReservedKey.IDENTITY_NAME, None) or fl_ctx.get_peer_context().get_identity_name()
         round_index = self._round_of(result, fl_ctx)
-        self._seen_clients.add(client)
         if (self.clients is not None and client not in self.clients) or not self._selected_round(round_index):
             return
+        self._contributed.setdefault(round_index, set()).add(client)
         record = {"client": client, "round": round_index}
         global_state = self._global_models.get(round_index)
         try:
@@ -281,19 +295,34 @@ class GradientInversionWidget(Widget):
 
     # ----------------------------------------------------------------- worker
     def _work(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                target = self._queue.get(timeout=0.2)
-            except queue.Empty:
+        while True:
+            with self._lock:  # taking a target and marking it in progress is one step for END_RUN
+                if self._stopping.is_set():
+                    return
+                try:
+                    target = self._queue.get_nowait()
+                except queue.Empty:
+                    target = None
+                self._in_progress = target
+            if target is None:
+                self._stopping.wait(0.1)
                 continue
-            self._in_progress = target
             try:
-                self._record(self._run_attack(target))
+                record = self._run_attack(target)
             except Exception as e:  # recorded, never raised
                 logging.getLogger(__name__).exception("attack on %s round %d failed", target.client, target.round)
-                self._record({"client": target.client, "round": target.round, "gia/status": "failed", "reason": repr(e)})
+                record = {"client": target.client, "round": target.round, "gia/status": "failed", "reason": repr(e)}
+            with self._lock:
+                abandoned = self._stopping.is_set()  # END_RUN gave up on it and recorded it not_finished
+                self._recording = not abandoned
+            if abandoned:
+                logging.getLogger(__name__).warning("attack on %s round %d ended after the run's end; result dropped", target.client, target.round)
+                return
+            try:
+                self._record(record)  # outside the lock: streaming fires FLARE events
             finally:
-                self._in_progress = None
+                with self._lock:
+                    self._in_progress, self._recording = None, False
 
     def _run_attack(self, target: AuditTarget) -> dict[str, Any]:
         truth = None
@@ -315,7 +344,7 @@ class GradientInversionWidget(Widget):
     def _stream(self, record: dict[str, Any]) -> None:
         if self._engine is None:
             return
-        status_value = {"ok": 1.0, "skipped": 0.0, "failed": -1.0, "not_finished": -2.0}.get(record.get("gia/status"), -1.0)
+        status_value = {"ok": 1.0, "skipped": 0.0, "failed": -1.0, "not_finished": -2.0, "missing": -3.0}.get(record.get("gia/status"), -1.0)
         scalars = {"status": status_value}
         scalars.update(
             {key.split("/", 1)[1]: float(v) for key, v in record.items() if key.startswith("gia/") and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -345,29 +374,50 @@ class GradientInversionWidget(Widget):
         # One deadline for the whole run: ABOUT_TO_END_RUN and END_RUN together wait at most end_run_wait_s.
         if self._drain_deadline is None:
             self._drain_deadline = time.monotonic() + self.end_run_wait_s
+        self._record_missing()
         deadline = self._drain_deadline
-        pending = not self._queue.empty() or self._in_progress is not None
-        if pending:
+        if self._pending():
             self.log_info(fl_ctx, f"waiting up to {self.end_run_wait_s:.0f} s for pending attacks")
-        while (not self._queue.empty() or self._in_progress is not None) and time.monotonic() < deadline:
+        while self._pending() and time.monotonic() < deadline:
             time.sleep(0.2)
+
+    def _pending(self) -> bool:
+        with self._lock:
+            return not self._queue.empty() or self._in_progress is not None
+
+    def _record_missing(self) -> None:
+        """Record ``missing`` for each selected client and started round without an accepted update (once)."""
+        if self._missing_reported:
+            return
+        self._missing_reported = True
+        known: set[str] = set(self.clients or ())
+        for round_index in sorted(self._tasked):
+            tasked = self._tasked[round_index]
+            expected = tasked | known
+            if self.clients is not None:
+                expected &= set(self.clients)
+            for client in sorted(expected - self._contributed.get(round_index, set())):
+                if client in tasked:
+                    reason = f"sent the train task of round {round_index} but no update was accepted (dropped out, timed out or replied with an error)"
+                else:
+                    reason = f"not sent the train task of round {round_index} (disconnected, or not sampled by the workflow)"
+                self._record({"client": client, "round": round_index, "gia/status": "missing", "reason": reason})
+            known |= tasked
 
     def _finish(self, fl_ctx: FLContext) -> None:
         self._drain(fl_ctx)
-        self._stopping.set()
-        leftovers = []
-        while True:
-            try:
-                leftovers.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        if self._in_progress is not None:
-            leftovers.append(self._in_progress)
+        with self._lock:
+            self._stopping.set()
+            leftovers = []
+            while True:
+                try:
+                    leftovers.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if self._in_progress is not None and not self._recording:
+                leftovers.append(self._in_progress)
         for target in leftovers:
             self._record(
                 {"client": target.client, "round": target.round, "gia/status": "not_finished", "reason": f"still pending after end_run_wait_s={self.end_run_wait_s}"}
             )
-        if self.clients is not None:
-            for missing in sorted(set(self.clients) - self._seen_clients):
-                self._record({"client": missing, "round": -1, "gia/status": "skipped", "reason": "no update received from this client"})
         self.log_info(fl_ctx, f"gradient inversion audit finished; metrics in {self._out / METRICS_FILE if self._out else None}")
