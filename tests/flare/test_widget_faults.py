@@ -1,0 +1,220 @@
+"""The widget survives faults: one live simulator run with an injected fault per site.
+
+One 2-round, 3-site FedAvg run (FLARE's real simulator, real chest X-rays) in which
+
+* site-1's attack hangs in round 1 for ``HANG_SECONDS``, ignoring its ``max_seconds`` budget;
+* site-2's attacks raise ``torch.cuda.OutOfMemoryError``;
+* site-3's round-0 update arrives without its ``gia_training`` meta (FedAvg still aggregates it),
+  and site-3's training raises in round 1 (it drops out; FedAvg ignores its error reply).
+
+Every round must aggregate, the job must complete, each fault must be recorded in
+``gia/metrics.jsonl`` with its reason, and the widget must add no more than ``end_run_wait_s``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_context import FLContext
+
+from nvflare_gia.audit import AuditTarget
+from nvflare_gia.data import DataSpec
+from nvflare_gia.flare.jobs import prepare_job, run_simulator
+from nvflare_gia.flare.widget import METRICS_FILE, GradientInversionWidget
+
+FAULTS = Path(__file__).parent / "fault_injection"
+_spec = importlib.util.spec_from_file_location("faulty_widgets", FAULTS / "faulty_widgets.py")
+faulty_widgets = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(faulty_widgets)
+HANG_SECONDS = faulty_widgets.HANG_SECONDS
+
+END_RUN_WAIT_S = 20.0
+FAULTY_ATTACK = {"max_seconds": 4.0, "max_iterations": 40, "restarts": 1, "end_run_wait_s": END_RUN_WAIT_S}
+SITES = ("site-1", "site-2", "site-3")
+
+
+def make_faulty_job(destination: Path, nih_cxr_path: Path, widget_class: str, num_rounds: int = 2) -> Path:
+    """``fedavg_cxr_audit`` attacking every site, with the fault hooks as custom code: the widget
+    replaced by ``faulty_widgets.<widget_class>``, site-3 sending no training meta in round 0 and
+    dropping out from round 1, and FedAvg ignoring a client's error reply."""
+    job = prepare_job(
+        "fedavg_cxr_audit",
+        destination,
+        num_rounds=num_rounds,
+        data_spec=DataSpec(source=str(nih_cxr_path), max_train_images=64),
+        component_args={"gia_widget": {**FAULTY_ATTACK, "clients": list(SITES)}},
+    )
+    custom = job / "app" / "custom"
+    custom.mkdir()
+    for module in ("faulty_widgets.py", "faulty_clients.py"):
+        shutil.copy(FAULTS / module, custom)
+    config_dir = job / "app" / "config"
+    server = json.loads((config_dir / "config_fed_server.json").read_text())
+    next(c for c in server["components"] if c["id"] == "gia_widget")["path"] = f"faulty_widgets.{widget_class}"
+    server["workflows"][0]["args"]["ignore_result_error"] = True
+    (config_dir / "config_fed_server.json").write_text(json.dumps(server, indent=4))
+    client = json.loads((config_dir / "config_fed_client.json").read_text())
+    client["executors"][0]["executor"]["path"] = "faulty_clients.DroppingOutExecutor"
+    client["executors"][0]["executor"]["args"].update({"site": "site-3", "from_round": 1})
+    client["task_result_filters"] = [
+        {"tasks": ["train"], "filters": [{"path": "faulty_clients.DropTrainingMetaFilter", "args": {"site": "site-3", "rounds": [0]}}]}
+    ]
+    (config_dir / "config_fed_client.json").write_text(json.dumps(client, indent=4))
+    meta = json.loads((job / "meta.json").read_text())
+    meta["min_clients"] = 2
+    (job / "meta.json").write_text(json.dumps(meta, indent=4))
+    return job
+
+
+def _records(run_dir: Path) -> dict[tuple[str, int], dict]:
+    records: dict[tuple[str, int], dict] = {}
+    for line in (run_dir / "gia" / METRICS_FILE).read_text().splitlines():
+        record = json.loads(line)
+        key = (record["client"], record["round"])
+        assert key not in records, f"two records for {key}: {records.get(key)} and {record}"
+        records[key] = record
+    return records
+
+
+def _log_time(log: str, pattern: str) -> datetime.datetime:
+    """Timestamp of the first server log line containing ``pattern``."""
+    match = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*" + re.escape(pattern), log, flags=re.MULTILINE)
+    assert match, f"no log line with {pattern!r}"
+    return datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory, nih_cxr_path):
+    root = tmp_path_factory.mktemp("faults")
+    job = make_faulty_job(root / "job", nih_cxr_path, "HangingAndOutOfMemoryWidget")
+    return run_simulator(job, root / "ws", clients=SITES, timeout_s=HANG_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def server_log(faulty_run) -> str:
+    return (faulty_run.workspace / "server" / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_faulty_run_completes_and_aggregates_every_round(faulty_run, server_log):
+    assert faulty_run.returncode == 0, faulty_run.log_tail
+    assert "Finished FedAvg." in server_log
+    round_0, rest = server_log.split("Round 1 started.")
+    round_1 = rest.split("Finished FedAvg.")[0]
+    assert "Aggregated 3/3 results" in round_0, "round 0: every site, the update without training meta included"
+    assert "Aggregated 2/3 results" in round_1 and "Aggregated 3/3" not in round_1, "round 1: all but the dropped-out site-3"
+    assert "Ignore the result from site-3" in round_1
+    assert round_1.count("End persist model on server.") == 1, "round 1's aggregate must be saved"
+
+
+@pytest.mark.slow
+def test_hung_attack_is_abandoned_within_end_run_wait(faulty_run, server_log):
+    record = _records(faulty_run.server_run_dir)[("site-1", 1)]
+    assert record["gia/status"] == "not_finished", record
+    assert f"end_run_wait_s={END_RUN_WAIT_S}" in record["reason"]
+    # Structural bounds, not timings: the run ends long before the hang would, and the widget's wait
+    # at the end of the run (first "waiting" line to its last line) stays near end_run_wait_s.
+    assert faulty_run.seconds < HANG_SECONDS / 2, faulty_run.seconds
+    waited = _log_time(server_log, "gradient inversion audit finished") - _log_time(server_log, "for pending attacks")
+    assert waited.total_seconds() < END_RUN_WAIT_S + 30, waited
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_attack_is_recorded_failed(faulty_run):
+    records = _records(faulty_run.server_run_dir)
+    assert records[("site-2", 0)]["gia/status"] == "failed"
+    assert "OutOfMemoryError" in records[("site-2", 0)]["reason"]
+    # Queued behind site-1's hung attack in round 1, site-2's second attack may never start.
+    assert records[("site-2", 1)]["gia/status"] in ("failed", "not_finished"), records[("site-2", 1)]
+
+
+@pytest.mark.slow
+def test_update_without_training_meta_is_recorded_failed_and_others_attacked(faulty_run):
+    records = _records(faulty_run.server_run_dir)
+    malformed = records[("site-3", 0)]
+    assert malformed["gia/status"] == "failed", malformed
+    assert "gia_training" in malformed["reason"] and "num_images" in malformed["reason"], malformed["reason"]
+    assert records[("site-1", 0)]["gia/status"] == "ok", records[("site-1", 0)]
+
+
+@pytest.mark.slow
+def test_dropped_out_site_is_recorded_missing(faulty_run):
+    records = _records(faulty_run.server_run_dir)
+    dropped = records[("site-3", 1)]
+    assert dropped["gia/status"] == "missing", dropped
+    assert "round 1" in dropped["reason"] and "no update was accepted" in dropped["reason"]
+
+
+@pytest.mark.slow
+def test_faulty_run_has_one_record_per_site_and_round(faulty_run):
+    assert sorted(_records(faulty_run.server_run_dir)) == [(site, r) for site in SITES for r in (0, 1)]
+
+
+# --------------------------------------------------------------- without FLARE running (fast)
+class _BlockingWidget(GradientInversionWidget):
+    """The attack blocks until released, ignoring its budget."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.release = threading.Event()
+
+    def _run_attack(self, target):
+        self.release.wait(60)
+        return {"client": target.client, "round": target.round, "gia/status": "ok"}
+
+
+def _offline_widget(widget: GradientInversionWidget, out: Path) -> GradientInversionWidget:
+    widget._out = out  # what START_RUN sets up, without an engine (no TensorBoard streaming)
+    widget._worker = threading.Thread(target=widget._work, daemon=True)
+    widget._worker.start()
+    return widget
+
+
+def _offline_records(out: Path) -> list[dict]:
+    path = out / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_hung_attack_is_recorded_not_finished_once_after_end_run_wait(tmp_path):
+    widget = _offline_widget(_BlockingWidget(end_run_wait_s=0.5), tmp_path)
+    widget._queue.put_nowait(AuditTarget("site-1", 0, {}, {}, {}))
+    widget._queue.put_nowait(AuditTarget("site-2", 0, {}, {}, {}))
+    started = time.monotonic()
+    widget.handle_event(EventType.ABOUT_TO_END_RUN, FLContext())
+    widget.handle_event(EventType.END_RUN, FLContext())
+    assert time.monotonic() - started < 10, "END_RUN must not wait for a hung attack"
+    widget.release.set()  # the hung attack ends after the run: its result must not be recorded too
+    widget._worker.join(10)
+    assert not widget._worker.is_alive()
+    records = sorted((r["client"], r["gia/status"]) for r in _offline_records(tmp_path))
+    assert records == [("site-1", "not_finished"), ("site-2", "not_finished")]
+
+
+def test_missing_records_name_clients_without_an_accepted_update(tmp_path):
+    widget = _offline_widget(GradientInversionWidget(), tmp_path)
+    widget._tasked = {0: {"site-1", "site-2", "site-3"}, 1: {"site-1", "site-2"}}
+    widget._contributed = {0: {"site-1", "site-2", "site-3"}, 1: {"site-1"}}
+    widget.handle_event(EventType.END_RUN, FLContext())
+    records = {(r["client"], r["round"]): r for r in _offline_records(tmp_path)}
+    assert sorted(records) == [("site-2", 1), ("site-3", 1)]
+    assert all(r["gia/status"] == "missing" for r in records.values())
+    assert "sent the train task of round 1 but no update was accepted" in records[("site-2", 1)]["reason"]
+    assert "not sent the train task of round 1" in records[("site-3", 1)]["reason"]
+
+
+def test_missing_records_cover_configured_clients_never_seen(tmp_path):
+    widget = _offline_widget(GradientInversionWidget(clients=["site-1", "site-9"]), tmp_path)
+    widget._tasked = {0: {"site-1", "site-2"}, 1: {"site-1", "site-2"}}
+    widget._contributed = {0: {"site-1"}, 1: {"site-1"}}
+    widget.handle_event(EventType.END_RUN, FLContext())
+    records = sorted((r["client"], r["round"], r["gia/status"]) for r in _offline_records(tmp_path))
+    assert records == [("site-9", 0, "missing"), ("site-9", 1, "missing")]
