@@ -703,7 +703,8 @@ class GradientInversionAttack:
         """One restart: coarse-to-fine stages, each with a fresh Adam and a cosine learning-rate decay.
 
         Progress through the restart is ``max(iteration / max_iterations, elapsed / budget)``; the
-        stage is the one whose share of the budget holds the progress. The restart returns the
+        stage is the one whose share of the budget holds the progress. A restart always takes at
+        least one step, even when a loaded machine spent its budget before the first. The restart returns the
         images with the lowest matching loss seen in its last (full-resolution) stage.
         """
         cfg = self.config
@@ -735,7 +736,7 @@ class GradientInversionAttack:
             progress = iteration / cfg.max_iterations
             if budget is not None:
                 progress = max(progress, (now - start) / budget)
-                if progress >= 1.0:
+                if progress >= 1.0 and iteration > 0:  # every restart takes at least one step
                     break
             new_stage = int(np.searchsorted(bounds, progress, side="right"))
             new_stage = min(new_stage, last_stage)

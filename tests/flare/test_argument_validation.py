@@ -114,6 +114,7 @@ WIDGET_ROWS = [
     *_rows(GradientInversionWidget, "output_dir", ["", "/abs/gia", "../outside", "a/../../b", None, 3]),
     *_rows(GradientInversionWidget, "num_threads", BAD_THREADS),
     *_rows(GradientInversionWidget, "audit", [1, "yes", "false", None]),
+    *_rows(GradientInversionWidget, "tensorboard_images", [1, "yes", None]),
     *_rows(GradientInversionWidget, "data_spec_file", ["", "   ", None, 3]),
 ]
 
