@@ -7,6 +7,20 @@ two small sites (8 images, batch 4) and a large site (the rest, batch 8); ``Smal
 one local epoch. Every defense is applied on every site, as its job folder does. Utility is the
 final global model's accuracy and F1 on the test split; leakage is the attack on the high-risk
 site's defended update in the last round, scored against its true image.
+
+``calibrated_gaussian`` and ``calibrated_shadow`` run :class:`nvflare_gia.defenses.calibrated.CalibratedDefense`
+(what ``CalibratedDefenseFilter`` applies) on every site with the grid's RDLV ``target``: each
+round the site searches the weakest Gaussian ``sigma0`` / shadow ``budget`` whose self-audited RDLV
+meets the target. To keep ``--quick`` within its time limit the self-audit has a short, fixed
+budget (:data:`BENCH_SELF_AUDIT`: one restart of 300 iterations on one thread, about 2-3 s per
+try at batch 1 on an idle 2-core machine, deterministic; a ladder factor of 4, so at most 6 tries
+per round for the default strength ranges) and audits only the high-risk site (``max_images=1``);
+the other sites are not audited and get the ladder's weakest strength, as the filter does for
+clients above ``max_images``. The audit is therefore much weaker than the
+server's attack (30 s or 60 s, several restarts): the measured server-side RDLV can exceed the
+target. An update whose calibration fails (no strength meets the target) is left out of that
+round's FedAvg, as FLARE does with ``ignore_result_error``; if that happens to the high-risk site
+in the last round, its leakage keys are None.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from nvflare_gia.attack import AttackConfig, GradientInversionAttack
 from nvflare_gia.audit import AuditTarget, audit_update
 from nvflare_gia.data import DataSpec, load_site_data, load_splits, load_test_data
 from nvflare_gia.defenses import DefenseContext
+from nvflare_gia.defenses.calibrated import CalibrationError
 from nvflare_gia.errors import ConfigError
 from nvflare_gia.models import build_model
 from nvflare_gia.training import TrainingConfig, evaluate, train_local
@@ -46,6 +61,16 @@ DEFENSE_FACTORIES: dict[str, tuple[str, str, str]] = {
     "laplacian": ("nvflare_gia.defenses", "LaplacianNoise", "LaplacianNoiseConfig"),
     "shadow": ("nvflare_gia.defenses", "ShadowModelDefense", "ShadowModelConfig"),
     "latent": ("nvflare_gia.defenses", "LatentPerturbation", "LatentPerturbationConfig"),
+    "calibrated_gaussian": ("nvflare_gia.defenses.calibrated", "CalibratedDefense", "CalibratedDefenseConfig"),
+    "calibrated_shadow": ("nvflare_gia.defenses.calibrated", "CalibratedDefense", "CalibratedDefenseConfig"),
+}
+
+#: calibrated defense name -> the defense it wraps
+CALIBRATED: dict[str, str] = {"calibrated_gaussian": "gaussian", "calibrated_shadow": "shadow"}
+#: the benchmark's self-audit budget (see the module docstring): iterations only (deterministic),
+#: high-risk site only
+BENCH_SELF_AUDIT: dict[str, Any] = {
+    "max_iterations": 300, "restarts": 1, "max_seconds": None, "total_seconds": None, "max_images": 1, "ladder_factor": 4.0, "num_threads": 1,
 }
 
 #: strengths, weakest first (the equal-utility pick is the strongest within 1 point of no defense)
@@ -55,6 +80,8 @@ QUICK_GRID: dict[str, list[dict[str, Any]]] = {
     "laplacian": [{"b": 1e-4}, {"b": 1e-3}],
     "shadow": [{"budget": 0.5}, {"budget": 2.0}],
     "latent": [{}, {"epsilon": 1.0}],
+    "calibrated_gaussian": [{"target": 0.0}],
+    "calibrated_shadow": [{"target": 0.0}],
 }
 FULL_GRID: dict[str, list[dict[str, Any]]] = {
     "none": [{}],
@@ -62,16 +89,20 @@ FULL_GRID: dict[str, list[dict[str, Any]]] = {
     "laplacian": [{"b": 3e-5}, {"b": 1e-4}, {"b": 3e-4}, {"b": 1e-3}],
     "shadow": [{"budget": 0.25}, {"budget": 0.5}, {"budget": 1.0}, {"budget": 2.0}],
     "latent": [{"epsilon": 0.1}, {}, {"epsilon": 1.0}],
+    "calibrated_gaussian": [{"target": 0.1}, {"target": 0.0}],
+    "calibrated_shadow": [{"target": 0.1}, {"target": 0.0}],
 }
 
 
 def build_defense(name: str, params: Mapping[str, Any], seed: int):
-    """Build a core defense by name with ``params`` overriding its config defaults."""
+    """Build a core defense by name with ``params`` overriding its config defaults (calibrated
+    defenses: the wrapped defense and :data:`BENCH_SELF_AUDIT` first)."""
     if name not in DEFENSE_FACTORIES:
         raise ConfigError(f"build_defense: name must be one of {sorted(DEFENSE_FACTORIES)}, got {name!r}.")
     module_name, class_name, config_name = DEFENSE_FACTORIES[name]
     module = importlib.import_module(module_name)
-    config = getattr(module, config_name)(**{**params, "seed": seed})
+    base = {"defense": CALIBRATED[name], **BENCH_SELF_AUDIT} if name in CALIBRATED else {}
+    config = getattr(module, config_name)(**{**base, **params, "seed": seed})
     return getattr(module, class_name)(config)
 
 
@@ -116,6 +147,7 @@ def _run_one(
     defense = None if defense_name == "none" else build_defense(defense_name, params, seed)
     filter_seconds: list[float] = []
     audited: AuditTarget | None = None
+    blocked = 0
     for round_index in range(rounds):
         updates = []
         for name, site in sites.items():
@@ -131,16 +163,35 @@ def _run_one(
             }
             if defense is not None:
                 context = DefenseContext.from_training_meta(meta, images=site.train_images, labels=site.train_labels, round_index=round_index)
-                outcome = defense.apply(update, global_state=global_state, context=context)
+                started = time.perf_counter()
+                try:
+                    outcome = defense.apply(update, global_state=global_state, context=context)
+                except CalibrationError as exc:  # fail closed: the site sends nothing this round
+                    filter_seconds.append(time.perf_counter() - started)
+                    blocked += 1
+                    logger.warning("round %d %s: update blocked: %s", round_index, name, exc)
+                    continue
                 update = {k: np.asarray(v) for k, v in outcome.update.items()}
                 filter_seconds.append(outcome.seconds)
+                calibration = outcome.params.get("calibration")
+                if calibration is not None and calibration["status"] == "audited":
+                    logger.info(
+                        "round %d %s: %s = %.4g (self-audited %s %.3f, %d tries, %.1f s)", round_index, name, calibration["strength_name"],
+                        calibration["strength"], calibration["metric"], calibration["value"], calibration["num_tries"], calibration["seconds"],
+                    )
             if name == HIGH_RISK_SITE and round_index == rounds - 1:
                 audited = AuditTarget(name, round_index, copy.deepcopy(global_state), update, meta)
             updates.append((update, steps))
-        global_state = _fedavg(global_state, updates)
+        if updates:
+            global_state = _fedavg(global_state, updates)
     model.load_state_dict({k: torch.as_tensor(v) for k, v in global_state.items()})
     utility = evaluate(model, test_images, test_labels)
-    record = audit_update(audited, attack, truth=sites[HIGH_RISK_SITE], classifier=reference)
+    if blocked:
+        logger.warning("%s %s: %d site updates blocked over %d rounds", defense_name, json.dumps(dict(params)), blocked, rounds)
+    if audited is not None:
+        record = audit_update(audited, attack, truth=sites[HIGH_RISK_SITE], classifier=reference)
+    else:  # the high-risk site's last update was blocked: the server has nothing to attack
+        record = {f"gia/{key}": None for key in ("ssim", "psnr", "mse", "rdlv", "attacker_accuracy")}
 
     return {
         "defense": defense_name,
@@ -214,10 +265,13 @@ def run_defense_benchmark(
             runs.append(run)
             logger.info(
                 "%-10s %-22s %8.3f %6.3f %6.3f %6.3f %7.2f %6.2f %8.3f  (%.0f s)",
-                name, json.dumps(params), run["accuracy"], run["f1"], run["ssim"], run["rdlv"], run["psnr"],
-                run["attacker_accuracy"] if run["attacker_accuracy"] is not None else float("nan"), run["filter_seconds"], time.monotonic() - started,
+                name, json.dumps(params), run["accuracy"], run["f1"], *(_nan(run[k]) for k in ("ssim", "rdlv", "psnr", "attacker_accuracy")),
+                run["filter_seconds"], time.monotonic() - started,
             )
-    result = {"runs": runs, "equal_utility": equal_utility(runs), "protocol": {"data": str(source), "rounds": rounds, "seed": seed, "quick": quick}}
+    protocol = {"data": str(source), "rounds": rounds, "seed": seed, "quick": quick}
+    if any(name in CALIBRATED for name in grid):
+        protocol["self_audit"] = dict(BENCH_SELF_AUDIT)
+    result = {"runs": runs, "equal_utility": equal_utility(runs), "protocol": protocol}
     out = Path(json_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -227,6 +281,10 @@ def run_defense_benchmark(
         for run in runs:
             writer.writerow({**run, "params": json.dumps(run["params"])})
     return result
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _default_data() -> str:

@@ -23,11 +23,12 @@ All rungs of one call draw their noise from the same seed (common random numbers
 and Laplacian defenses the noise is the same draw scaled by the strength), which makes the
 leakage-versus-strength curve smoother; with ``seed=None`` that seed is fresh OS entropy per call.
 
-**Fails closed**: it raises ``DataError`` when no rung up to ``max_strength`` meets the target,
-when ``total_seconds`` runs out before one does, or when the audit cannot run (malformed update,
-data that does not match the threat model). Clients that trained on more than ``max_images``
-images are not audited (the attack's cost grows with the local dataset, and such updates leak
-least): they get ``min_strength`` and the record says ``skipped``.
+**Fails closed**: it raises :class:`CalibrationError` (a ``DataError``) when no rung up to
+``max_strength`` meets the target or ``total_seconds`` runs out before one does, and
+``DataError`` when the audit cannot run (malformed update, data that does not match the threat
+model). Clients that trained on more than ``max_images`` images are not audited (the attack's
+cost grows with the local dataset, and such updates leak least): they get ``min_strength`` and
+the record says ``skipped``.
 """
 
 from __future__ import annotations
@@ -56,9 +57,14 @@ from nvflare_gia.defenses.self_audit import (
 )
 from nvflare_gia.errors import ConfigError, DataError
 
-__all__ = ["CalibratedDefenseName", "STRENGTHS", "CalibratedDefenseConfig", "CalibratedDefense", "strength_ladder"]
+__all__ = ["CalibratedDefenseName", "CalibrationError", "STRENGTHS", "CalibratedDefenseConfig", "CalibratedDefense", "strength_ladder"]
 
 logger = logging.getLogger(__name__)
+
+
+class CalibrationError(DataError):
+    """No strength up to ``max_strength`` met the target, or the time budget ran out first: the
+    update must not be sent (the FLARE filter blocks it; the benchmark leaves it out of the round)."""
 
 
 class CalibratedDefenseName(str, enum.Enum):
@@ -268,9 +274,9 @@ class CalibratedDefense(Defense):
 
         Raises:
             TypeError: for a wrong argument type.
-            DataError: when no strength up to ``max_strength`` meets the target, the time budget
-                runs out first, the global model or the client's data is missing, or the audit
-                cannot run.
+            CalibrationError: when no strength up to ``max_strength`` meets the target or the time
+                budget runs out first.
+            DataError: when the global model or the client's data is missing or the audit cannot run.
         """
         started = time.perf_counter()
         cfg = self.config
@@ -299,7 +305,7 @@ class CalibratedDefense(Defense):
         for strength in strengths:
             left = None if deadline is None else deadline - time.perf_counter()
             if left is not None and left <= 0:
-                raise DataError(
+                raise CalibrationError(
                     f"{owner}: the calibration budget total_seconds={cfg.total_seconds} ran out after {len(record['tries'])} "
                     f"tries before any {self._field} met {cfg.metric} <= {cfg.target}: {_tries_text(record['tries'])}."
                 )
@@ -314,7 +320,7 @@ class CalibratedDefense(Defense):
             if audit.value <= cfg.target:
                 record.update(status=AuditStatus.AUDITED.value, strength=strength, value=audit.value, num_tries=len(record["tries"]))
                 return self._outcome(outcome, strength, record, started)
-        raise DataError(
+        raise CalibrationError(
             f"{owner}: no {self._field} up to max_strength={strengths[-1]!r} met {cfg.metric} <= {cfg.target}: "
             f"{_tries_text(record['tries'])}. Raise max_strength or the target, or keep this client out of the round."
         )

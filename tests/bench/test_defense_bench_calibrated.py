@@ -1,0 +1,76 @@
+"""``bench defenses`` runs the calibrated defenses with the benchmark's self-audit budget."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from nvflare_gia.bench.defense_bench import (
+    BENCH_SELF_AUDIT,
+    FULL_GRID,
+    QUICK_GRID,
+    RUN_KEYS,
+    build_defense,
+    equal_utility,
+    run_defense_benchmark,
+)
+from nvflare_gia.defenses.calibrated import CalibratedDefense
+
+
+@pytest.mark.parametrize(("name", "wrapped", "strength"), [("calibrated_gaussian", "gaussian", "sigma0"), ("calibrated_shadow", "shadow", "budget")])
+def test_calibrated_defenses_build_with_the_bench_self_audit_budget(name, wrapped, strength):
+    defense = build_defense(name, {"target": 0.1}, seed=3)
+    assert isinstance(defense, CalibratedDefense) and defense.strength_name == strength
+    config = defense.config
+    assert config.defense == wrapped and config.target == 0.1 and config.seed == 3
+    for key, value in BENCH_SELF_AUDIT.items():
+        assert getattr(config, key) == value, key
+
+
+def test_grids_list_calibrated_targets_weakest_first():
+    for grid in (QUICK_GRID, FULL_GRID):
+        for name in ("calibrated_gaussian", "calibrated_shadow"):
+            targets = [params["target"] for params in grid[name]]
+            assert targets == sorted(targets, reverse=True)
+    assert len(QUICK_GRID["calibrated_gaussian"]) == 1 and len(FULL_GRID["calibrated_gaussian"]) == 2
+
+
+def test_equal_utility_includes_calibrated_defenses():
+    runs = [
+        {"defense": "none", "params": {}, "accuracy": 0.80},
+        {"defense": "calibrated_gaussian", "params": {"target": 0.1}, "accuracy": 0.795},
+        {"defense": "calibrated_gaussian", "params": {"target": 0.0}, "accuracy": 0.792},
+        {"defense": "calibrated_shadow", "params": {"target": 0.0}, "accuracy": 0.70},
+    ]
+    picks = equal_utility(runs)
+    assert picks["calibrated_gaussian"]["params"] == {"target": 0.0}
+    assert "calibrated_shadow" not in picks
+
+
+def test_bench_runs_calibrated_gaussian_and_reports_the_run_keys(tmp_path):
+    """One round on a small synthetic cut (16×16 images keep the audits short)."""
+    from nvflare_gia.data import DataSpec, load_splits
+
+    splits = load_splits(DataSpec(image_size=16))
+    np.savez(
+        tmp_path / "small.npz",
+        train_images=splits.train_images[:40], train_labels=splits.train_labels[:40],
+        val_images=splits.val_images[:8], val_labels=splits.val_labels[:8],
+        test_images=splits.test_images[:16], test_labels=splits.test_labels[:16],
+    )
+    path = tmp_path / "defenses.json"
+    result = run_defense_benchmark(
+        quick=True, data=str(tmp_path / "small.npz"), json_path=str(path), rounds=1, attack_seconds=1, defenses=["calibrated_gaussian"]
+    )
+    assert [run["defense"] for run in result["runs"]] == ["none", "calibrated_gaussian"]
+    for run in result["runs"]:
+        assert set(run) == set(RUN_KEYS)
+    calibrated = result["runs"][1]
+    assert calibrated["params"] == {"target": 0.0} and calibrated["filter_seconds"] > 0
+    assert result["protocol"]["self_audit"] == BENCH_SELF_AUDIT
+    assert json.loads(path.read_text())["runs"][1]["defense"] == "calibrated_gaussian"
+    with open(path.with_suffix(".csv"), newline="") as f:
+        assert [row["defense"] for row in csv.DictReader(f)] == ["none", "calibrated_gaussian"]
