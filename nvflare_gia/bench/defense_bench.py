@@ -42,7 +42,7 @@ from nvflare_gia.attack import AttackConfig, GradientInversionAttack
 from nvflare_gia.audit import AuditTarget, audit_update
 from nvflare_gia.data import DataSpec, load_site_data, load_splits, load_test_data
 from nvflare_gia.defenses import DefenseContext
-from nvflare_gia.defenses.calibrated import CalibrationError
+from nvflare_gia.defenses.calibrated import CALIBRATION_PARAM, CalibrationError
 from nvflare_gia.errors import ConfigError
 from nvflare_gia.models import build_model
 from nvflare_gia.training import TrainingConfig, evaluate, train_local
@@ -173,7 +173,7 @@ def _run_one(
                     continue
                 update = {k: np.asarray(v) for k, v in outcome.update.items()}
                 filter_seconds.append(outcome.seconds)
-                calibration = outcome.params.get("calibration")
+                calibration = outcome.params.get(CALIBRATION_PARAM) if defense_name in CALIBRATED else None
                 if calibration is not None and calibration["status"] == "audited":
                     logger.info(
                         "round %d %s: %s = %.4g (self-audited %s %.3f, %d tries, %.1f s)", round_index, name, calibration["strength_name"],

@@ -57,9 +57,21 @@ from nvflare_gia.defenses.self_audit import (
 )
 from nvflare_gia.errors import ConfigError, DataError
 
-__all__ = ["CalibratedDefenseName", "CalibrationError", "STRENGTHS", "CalibratedDefenseConfig", "CalibratedDefense", "strength_ladder"]
+__all__ = [
+    "CALIBRATION_PARAM",
+    "CalibratedDefenseName",
+    "CalibrationError",
+    "STRENGTHS",
+    "CalibratedDefenseConfig",
+    "CalibratedDefense",
+    "strength_ladder",
+]
 
 logger = logging.getLogger(__name__)
+
+#: key of the calibration record in :attr:`DefenseOutcome.params` (the wrapped defense's own
+#: params keep their keys; ``GaussianNoise`` has a ``calibration`` of its percentile)
+CALIBRATION_PARAM = "gia_calibration"
 
 
 class CalibrationError(DataError):
@@ -127,8 +139,10 @@ class CalibratedDefenseConfig:
         max_strength: strongest strength tried (> ``min_strength``); None = the default in
             :data:`STRENGTHS`. If it does not meet the target, the update is blocked.
         ladder_factor: ratio between consecutive strengths (> 1).
-        total_seconds: wall-clock budget of the whole search per update (defense + audits),
-            > 0; None = unbounded. Each audit's attack budget is capped by what is left.
+        total_seconds: wall-clock budget of the search per update (> 0; None = unbounded): no new
+            try starts after it; a try that has started runs with its full attack budget (a
+            shortened attack would be weaker and pass more easily), so a call can take up to
+            ``total_seconds`` plus one try.
         max_images: see :class:`SelfAuditConfig`.
         max_seconds: attack budget of one audit (see :class:`SelfAuditConfig`).
         max_iterations: see :class:`SelfAuditConfig`.
@@ -218,7 +232,8 @@ class CalibratedDefense(Defense):
     and a :class:`DefenseContext` with the client's data (``DefenseContext.from_training_meta``).
 
     Cost: up to ``len(config.strengths())`` applications of the wrapped defense and as many
-    attacks (each within ``max_seconds`` / ``max_iterations``), all within ``total_seconds``.
+    attacks (each within ``max_seconds`` / ``max_iterations``); no try starts after
+    ``total_seconds``.
 
     Args:
         config: the configuration; None uses the :class:`CalibratedDefenseConfig` defaults.
@@ -267,10 +282,10 @@ class CalibratedDefense(Defense):
 
         Returns:
             The :class:`DefenseOutcome` of the chosen rung; ``params`` holds the wrapped
-            defense's params, ``strength`` and ``calibration`` (``status``, ``defense``,
-            ``strength_name``, ``strength``, ``metric``, ``target``, ``value``, ``tries``
-            (strength, value, seconds of each), ``num_tries``, ``seconds``, and ``reason``
-            when skipped).
+            defense's params, ``strength`` and, under :data:`CALIBRATION_PARAM`, the record:
+            ``status``, ``defense``, ``strength_name``, ``strength``, ``metric``, ``target``,
+            ``value``, ``tries`` (strength, value, seconds of each), ``num_tries``, ``seconds``,
+            and ``reason`` when skipped.
 
         Raises:
             TypeError: for a wrong argument type.
@@ -311,10 +326,9 @@ class CalibratedDefense(Defense):
                 )
             try_started = time.perf_counter()
             outcome = self._build(strength, seed).apply(update, global_state=global_state, context=context)
-            left = None if deadline is None else deadline - time.perf_counter()
-            if left is not None and left <= 0:
-                left = 1e-3  # the defense used the budget up: the audit still runs, at its minimum
-            audit = self._audit.run(global_state, outcome.update, threat, images, labels, max_seconds=left)
+            # Every audit gets its full attack budget: an attack cut short by the search budget would
+            # be weaker and pass more easily, i.e. fail open.
+            audit = self._audit.run(global_state, outcome.update, threat, images, labels)
             record["tries"].append({"strength": strength, "value": audit.value, "seconds": time.perf_counter() - try_started})
             logger.info("%s: %s=%.4g gives %s=%.4f (target <= %.4f)", owner, self._field, strength, cfg.metric, audit.value, cfg.target)
             if audit.value <= cfg.target:
@@ -328,7 +342,7 @@ class CalibratedDefense(Defense):
     def _outcome(self, outcome: DefenseOutcome, strength: float, record: dict[str, Any], started: float) -> DefenseOutcome:
         seconds = time.perf_counter() - started
         record["seconds"] = seconds
-        params = {**outcome.params, "strength": strength, "calibration": record}
+        params = {**outcome.params, "strength": strength, CALIBRATION_PARAM: record}
         return DefenseOutcome(update=outcome.update, noise_norm=outcome.noise_norm, params=params, seconds=seconds)
 
 

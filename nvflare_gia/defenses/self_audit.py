@@ -156,13 +156,10 @@ class SelfAuditConfig:
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
-    def attack_config(self, max_seconds: float | None = None, *, cap_seconds: bool = False) -> AttackConfig:
-        """The attack's configuration; with ``cap_seconds`` its time budget is at most ``max_seconds``."""
-        seconds = self.max_seconds
-        if cap_seconds and max_seconds is not None:
-            seconds = max_seconds if seconds is None else min(seconds, max_seconds)
+    def attack_config(self) -> AttackConfig:
+        """The attack's configuration: these budgets, every other field at its ``AttackConfig`` default."""
         return AttackConfig(
-            max_seconds=seconds,
+            max_seconds=self.max_seconds,
             max_iterations=self.max_iterations,
             restarts=self.restarts,
             seed=self.seed,
@@ -251,8 +248,6 @@ class SelfAudit:
         threat: ThreatModel,
         images: Any,
         labels: Any,
-        *,
-        max_seconds: float | None = None,
     ) -> SelfAuditResult:
         """Attack ``update`` (``WEIGHT_DIFF`` from ``global_state``) and score it against ``images``.
 
@@ -262,7 +257,6 @@ class SelfAudit:
             threat: the client's round as the server knows it.
             images: the client's training images ``(N, C, H, W)`` in [0, 1], N = ``threat.num_images``.
             labels: their labels ``(N,)``.
-            max_seconds: cap on this call's attack budget (e.g. what is left of a search budget).
 
         Returns:
             The :class:`SelfAuditResult` (``skipped`` when ``threat.num_images > max_images``).
@@ -292,9 +286,7 @@ class SelfAudit:
                 f"SelfAudit: the client's images must be {expected} with one label each (the threat model's round), "
                 f"got images {truth.shape} and {len(truth_labels)} labels."
             )
-        if max_seconds is not None and not max_seconds > 0:
-            raise DataError(f"SelfAudit: no time left for the attack (max_seconds={max_seconds!r}).")
-        attack = GradientInversionAttack(cfg.attack_config(max_seconds, cap_seconds=True))
+        attack = GradientInversionAttack(cfg.attack_config())
         result = attack.reconstruct(global_state, update, threat)
         report = evaluate_leakage(
             result.images,

@@ -45,7 +45,7 @@ from nvflare.apis.shareable import Shareable
 from nvflare_gia.attack import ThreatModel
 from nvflare_gia.defenses._update import validate_update
 from nvflare_gia.defenses.base import Defense
-from nvflare_gia.defenses.calibrated import CalibratedDefense, CalibratedDefenseConfig
+from nvflare_gia.defenses.calibrated import CALIBRATION_PARAM, CalibratedDefense, CalibratedDefenseConfig
 from nvflare_gia.defenses.self_audit import LeakageGate, LeakageGateConfig
 from nvflare_gia.errors import DataError
 from nvflare_gia.flare.client_train import DEFAULT_DATA_SPEC_FILE
@@ -255,7 +255,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         dxo = super().process_dxo(dxo, shareable, fl_ctx)
         record: dict[str, Any] = dict(dxo.get_meta_prop(GIA_DEFENSE_META_KEY))
         params = dict(record["params"])
-        calibration = params.pop("calibration")
+        calibration = params.pop(CALIBRATION_PARAM)
         record["params"] = params
         dxo.set_meta_prop(GIA_DEFENSE_META_KEY, record)
         dxo.set_meta_prop(GIA_CALIBRATION_META_KEY, calibration)

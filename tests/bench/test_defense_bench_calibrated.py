@@ -51,7 +51,7 @@ def test_equal_utility_includes_calibrated_defenses():
 
 
 def test_bench_runs_calibrated_gaussian_and_reports_the_run_keys(tmp_path):
-    """One round on a small synthetic cut (16×16 images keep the audits short)."""
+    """One round on a small synthetic cut (16×16 images keep the audits short), next to the fixed Gaussian."""
     from nvflare_gia.data import DataSpec, load_splits
 
     splits = load_splits(DataSpec(image_size=16))
@@ -63,14 +63,14 @@ def test_bench_runs_calibrated_gaussian_and_reports_the_run_keys(tmp_path):
     )
     path = tmp_path / "defenses.json"
     result = run_defense_benchmark(
-        quick=True, data=str(tmp_path / "small.npz"), json_path=str(path), rounds=1, attack_seconds=1, defenses=["calibrated_gaussian"]
+        quick=True, data=str(tmp_path / "small.npz"), json_path=str(path), rounds=1, attack_seconds=1, defenses=["gaussian", "calibrated_gaussian"]
     )
-    assert [run["defense"] for run in result["runs"]] == ["none", "calibrated_gaussian"]
+    assert [run["defense"] for run in result["runs"]] == ["none", "gaussian", "gaussian", "calibrated_gaussian"]
     for run in result["runs"]:
         assert set(run) == set(RUN_KEYS)
-    calibrated = result["runs"][1]
+    calibrated = result["runs"][-1]
     assert calibrated["params"] == {"target": 0.0} and calibrated["filter_seconds"] > 0
     assert result["protocol"]["self_audit"] == BENCH_SELF_AUDIT
-    assert json.loads(path.read_text())["runs"][1]["defense"] == "calibrated_gaussian"
+    assert json.loads(path.read_text())["runs"][-1]["defense"] == "calibrated_gaussian"
     with open(path.with_suffix(".csv"), newline="") as f:
-        assert [row["defense"] for row in csv.DictReader(f)] == ["none", "calibrated_gaussian"]
+        assert [row["defense"] for row in csv.DictReader(f)] == ["none", "gaussian", "gaussian", "calibrated_gaussian"]

@@ -1,0 +1,97 @@
+"""Core self-audit and calibrated defense (no FLARE): determinism, skipping, errors, the sent update is the audited one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nvflare_gia.attack import ThreatModel
+from nvflare_gia.defenses.calibrated import CalibratedDefense, CalibratedDefenseConfig, CalibrationError
+from nvflare_gia.defenses.self_audit import LeakageGate, LeakageGateConfig, SelfAudit, SelfAuditConfig, threat_from_context
+from nvflare_gia.errors import ConfigError, DataError
+
+SHORT = {"max_iterations": 40, "restarts": 1, "max_seconds": None, "num_threads": 1}
+
+
+def _threat(case) -> ThreatModel:
+    return threat_from_context(case.context())
+
+
+def test_threat_from_context_matches_the_threat_model_the_server_builds_from_the_meta(high_risk_case):
+    assert _threat(high_risk_case) == ThreatModel.from_meta(high_risk_case.meta())
+
+
+def test_self_audit_is_deterministic_without_a_time_budget(high_risk_case):
+    case = high_risk_case
+    audit = SelfAudit(SelfAuditConfig(**SHORT))
+    first = audit.run(case.global_state, case.update, _threat(case), case.images, case.labels)
+    second = audit.run(case.global_state, case.update, _threat(case), case.images, case.labels)
+    assert first.status == "audited" and first.value == second.value
+    assert first.metrics["gia/rdlv"] == first.value and "gia/ssim" in first.metrics
+
+
+def test_self_audit_skips_clients_above_max_images(cxr_case):
+    result = SelfAudit(SelfAuditConfig(max_images=2, **SHORT)).run(
+        cxr_case.global_state, cxr_case.update, _threat(cxr_case), cxr_case.images, cxr_case.labels
+    )
+    assert result.status == "skipped" and result.value is None and "4 local images > max_images=2" in result.reason
+
+
+def test_self_audit_rejects_images_that_are_not_the_rounds(high_risk_case, cxr_case):
+    with pytest.raises(DataError, match="images must be"):
+        SelfAudit(SelfAuditConfig(**SHORT)).run(
+            high_risk_case.global_state, high_risk_case.update, _threat(high_risk_case), cxr_case.images, cxr_case.labels
+        )
+
+
+def test_gate_decision_compares_with_the_threshold(high_risk_case):
+    case = high_risk_case
+    args = (case.global_state, case.update, _threat(case), case.images, case.labels)
+    strict = LeakageGate(LeakageGateConfig(threshold=-10.0, **SHORT)).check(*args, round_index=0)
+    lenient = LeakageGate(LeakageGateConfig(threshold=10.0, **SHORT)).check(*args, round_index=0)
+    assert strict["passed"] is False and lenient["passed"] is True and strict["value"] == lenient["value"]
+    skipped = LeakageGate(LeakageGateConfig(every_n_rounds=3, **SHORT)).check(*args, round_index=4)
+    assert skipped["status"] == "skipped" and skipped["passed"] is True
+
+
+def test_calibrated_defense_sends_the_update_it_audited(high_risk_case):
+    case = high_risk_case
+    config = CalibratedDefenseConfig(target=10.0, seed=0, **SHORT)
+    outcome = CalibratedDefense(config).apply(case.update, global_state=case.global_state, context=case.context())
+    calibration = outcome.params["gia_calibration"]
+    assert calibration["status"] == "audited" and calibration["num_tries"] == 1 and calibration["strength"] == 0.1
+    again = SelfAudit(config.audit_config()).run(case.global_state, outcome.update, _threat(case), case.images, case.labels)
+    assert again.value == calibration["value"]
+    for key, value in case.update.items():
+        assert outcome.update[key].dtype == value.dtype
+        if value.dtype.kind == "f":
+            assert not np.array_equal(outcome.update[key], value), key
+
+
+def test_calibrated_defense_raises_calibration_error_when_no_rung_meets_the_target(high_risk_case):
+    case = high_risk_case
+    defense = CalibratedDefense(CalibratedDefenseConfig(target=-10.0, max_strength=0.4, seed=0, **SHORT))
+    with pytest.raises(CalibrationError, match=r"no sigma0 up to max_strength=0.4 met rdlv <= -10.0: 0.1 -> .*, 0.2 -> .*, 0.4 -> "):
+        defense.apply(case.update, global_state=case.global_state, context=case.context())
+
+
+def test_calibrated_defense_needs_the_global_model_and_the_data(high_risk_case):
+    from nvflare_gia.defenses import DefenseContext
+
+    defense = CalibratedDefense(CalibratedDefenseConfig(seed=0, **SHORT))
+    with pytest.raises(DataError, match="global_state is required"):
+        defense.apply(high_risk_case.update, context=high_risk_case.context())
+    with pytest.raises(DataError, match="missing"):
+        defense.apply(high_risk_case.update, global_state=high_risk_case.global_state, context=DefenseContext(round_index=0))
+
+
+def test_calibrated_latent_defense_wraps_the_latent_perturbation(high_risk_case):
+    case = high_risk_case
+    defense = CalibratedDefense(CalibratedDefenseConfig(defense="latent", target=10.0, seed=0, **SHORT))
+    outcome = defense.apply(case.update, global_state=case.global_state, context=case.context())
+    assert defense.name == "CalibratedLatentPerturbation" and outcome.params["epsilon"] == outcome.params["strength"] == 0.1
+
+
+def test_calibrated_config_rejects_an_empty_strength_range():
+    with pytest.raises(ConfigError, match=r"max_strength must be > min_strength \(2.0 for 'gaussian'\), got 1.0"):
+        CalibratedDefenseConfig(min_strength=2.0, max_strength=1.0)
