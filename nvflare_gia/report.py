@@ -83,7 +83,7 @@ METRIC_FORMATS: dict[str, str] = {
 _MISSING = "-"
 _GRID_COLUMNS = 8
 _BEST_COLOR, _WORST_COLOR = "#1a7f37", "#cf222e"
-_STATUS_WORDS = {"failed": "attack failed", "skipped": "not attacked (skipped)", "not_finished": "attack not finished"}
+_STATUS_WORDS = {"failed": "attack failed", "skipped": "not attacked (skipped)", "not_finished": "attack not finished", "missing": "no update from this site"}
 _PRIVATE_FILE = 0o600
 _PRIVATE_DIR = 0o700
 
