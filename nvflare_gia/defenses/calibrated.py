@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from nvflare_gia.defenses._checks import check_int, check_number, check_seed, look_up_option
+from nvflare_gia.defenses._checks import check_number, check_seed, look_up_option
 from nvflare_gia.defenses._noise import context_round
 from nvflare_gia.defenses._update import validate_update
 from nvflare_gia.defenses.base import Defense, DefenseContext, DefenseOutcome
