@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     defenses.add_argument("--json", required=True)
     defenses.add_argument("--rounds", type=int, default=None)
     defenses.add_argument("--attack-seconds", type=float, default=None)
-    defenses.add_argument("--defenses", nargs="+", default=None, help="subset: gaussian laplacian shadow latent")
+    defenses.add_argument("--defenses", nargs="+", default=None, help="subset: gaussian laplacian shadow latent calibrated_gaussian calibrated_shadow (none always runs)")
     defenses.add_argument("--seed", type=int, default=0)
     overhead = bench_commands.add_parser("overhead", help="seconds of each defense on 1M- and 11M-parameter updates")
     overhead.add_argument("--json", required=True)

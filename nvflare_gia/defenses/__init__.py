@@ -10,8 +10,13 @@ from nvflare_gia.defenses.gaussian import GaussianNoise, GaussianNoiseConfig, co
 from nvflare_gia.defenses.laplacian import LaplacianNoise, LaplacianNoiseConfig
 from nvflare_gia.defenses.latent import LatentPerturbation, LatentPerturbationConfig
 from nvflare_gia.defenses.shadow import SaliencyMethod, ShadowModelConfig, ShadowModelDefense, compute_saliency, saliency_mask
+from nvflare_gia.defenses.self_audit import LeakageGate, LeakageGateConfig, SelfAudit, SelfAuditConfig, SelfAuditResult
+from nvflare_gia.defenses.calibrated import CalibratedDefense, CalibratedDefenseConfig, CalibrationError
 
 __all__ = [
+    "CalibratedDefense",
+    "CalibratedDefenseConfig",
+    "CalibrationError",
     "Defense",
     "DefenseContext",
     "DefenseOutcome",
@@ -21,7 +26,12 @@ __all__ = [
     "LaplacianNoiseConfig",
     "LatentPerturbation",
     "LatentPerturbationConfig",
+    "LeakageGate",
+    "LeakageGateConfig",
     "SaliencyMethod",
+    "SelfAudit",
+    "SelfAuditConfig",
+    "SelfAuditResult",
     "ShadowModelConfig",
     "ShadowModelDefense",
     "compute_gaussian_sigma",
