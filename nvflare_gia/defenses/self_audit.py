@@ -33,12 +33,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 
 from nvflare_gia.attack import AttackConfig, DeviceName, GradientInversionAttack, ThreatModel
 from nvflare_gia.defenses._checks import check_int, check_number, look_up_option
+from nvflare_gia.defenses._update import COUNTER_SUFFIX
 from nvflare_gia.defenses.base import DefenseContext
 from nvflare_gia.errors import DataError
 from nvflare_gia.metrics import evaluate_leakage
+from nvflare_gia.training import num_local_steps
 
 __all__ = [
     "AuditStatus",
@@ -221,6 +224,28 @@ def threat_from_context(context: DefenseContext) -> ThreatModel:
     )
 
 
+def _check_local_steps(update: Mapping[str, Any], threat: ThreatModel) -> None:
+    """The update's BatchNorm step counters must equal the steps the threat model's round takes.
+
+    Otherwise the reported training configuration (e.g. ``local_epochs``) is not the one the
+    client ran, and an audit of the wrong round would say nothing about this update.
+
+    Raises:
+        DataError: naming the counter, the steps it records and the steps expected.
+    """
+    expected = num_local_steps(threat.num_images, threat.batch_size, threat.training.local_epochs)
+    for key, value in update.items():
+        if not str(key).endswith(COUNTER_SUFFIX):
+            continue
+        counted = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64).reshape(-1)
+        if counted.size != 1 or not np.isfinite(counted).all() or round(float(counted[0])) != expected:
+            raise DataError(
+                f"SelfAudit: update[{key!r}] records {counted.tolist()} local steps but the reported round "
+                f"({threat.num_images} images, batch {threat.batch_size}, {threat.training.local_epochs} epochs) takes "
+                f"{expected}; the training meta does not describe this update."
+            )
+
+
 class SelfAudit:
     """Run the gradient inversion attack on one's own update and score it against one's own images.
 
@@ -286,6 +311,7 @@ class SelfAudit:
                 f"SelfAudit: the client's images must be {expected} with one label each (the threat model's round), "
                 f"got images {truth.shape} and {len(truth_labels)} labels."
             )
+        _check_local_steps(update, threat)
         attack = GradientInversionAttack(cfg.attack_config())
         result = attack.reconstruct(global_state, update, threat)
         report = evaluate_leakage(

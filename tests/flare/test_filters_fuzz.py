@@ -44,8 +44,12 @@ path), one image per round (the TMI 2023 high-risk site), one torch thread, ``st
 shadow and latent calls would not fit the CI budget). Counts reached by a run of this file with
 the default 10,000 examples per filter (derandomized; repeated runs of the file reach the same):
 defended / blocked / passed-through error replies = Gaussian 3748 / 6164 / 88, Laplacian
-3143 / 6769 / 88, shadow 1466 / 8459 / 75, latent 1644 / 8281 / 75. The last test asserts the
-totals and a floor on the defended ones (``MIN_VALID``). About 90 s for this file on two busy cores.
+3143 / 6769 / 88, shadow 1466 / 8459 / 75, latent 1644 / 8281 / 75, calibrated (the self-audited
+``CalibratedDefenseFilter``, on the data-aware world, with a 2-iteration attack per valid result)
+1230 / 8713 / 57. The last test asserts the totals and a floor on the defended ones
+(``MIN_VALID``). About 90 s for this file on two busy cores, plus about 70 s for the calibrated filter.
+``LeakageGateFilter`` is not fuzzed here: it is a check, not a defense (it passes an update it
+does not block unchanged); its fail-closed cases are in ``test_audit_filters.py``.
 
 Set ``GIA_FUZZ_EXAMPLES`` to run more (or fewer) examples per filter locally.
 
@@ -81,6 +85,7 @@ from nvflare.app_common.app_constant import AppConstants
 
 from nvflare_gia.data import DataSpec, load_site_data
 from nvflare_gia.defenses._update import is_bn_running_stat
+from nvflare_gia.flare.audit_filters import CalibratedDefenseFilter
 from nvflare_gia.flare.filters import (
     GIA_DEFENSE_META_KEY,
     GaussianNoiseFilter,
@@ -93,7 +98,7 @@ from nvflare_gia.training import TrainingConfig, train_local
 
 FUZZ_EXAMPLES = int(os.environ.get("GIA_FUZZ_EXAMPLES", "10000"))
 #: Floor on the defended results of a full run (10,000 examples; reached: 3748, 3143, 1466, 1644).
-MIN_VALID = {"gaussian": 3000, "laplacian": 2500, "shadow": 1200, "latent": 1350}
+MIN_VALID = {"gaussian": 3000, "laplacian": 2500, "shadow": 1200, "latent": 1350, "calibrated": 1000}
 
 SITE = "site-1"
 JOB_ID = "job-fuzz"
@@ -256,9 +261,16 @@ def data_worlds(tmp_path_factory) -> dict[str, World]:
         LatentPerturbationFilter(steps=1, attacker_steps=1, seed=0, num_threads=1),
         LatentPerturbationFilter(epsilon=0.05, steps=1, attacker_steps=1, split_layer="features.7", seed=1, num_threads=1),
     ]
+    # The self-audit runs the real attack on every valid result (2 iterations on 8×8 images);
+    # a target no strength can miss makes the weakest rung the one applied, the other forces a climb.
+    calibrated = [
+        CalibratedDefenseFilter(defense="gaussian", target=100.0, max_iterations=2, restarts=1, max_seconds=None, seed=0, num_threads=1),
+        CalibratedDefenseFilter(defense="laplacian", target=100.0, metric="ssim", max_iterations=2, restarts=1, max_seconds=None, seed=1, num_threads=1),
+    ]
     return {
         "shadow": World("shadow", shadow, engine, global_state, update, meta, True),
         "latent": World("latent", latent, engine, global_state, update, meta, True),
+        "calibrated": World("calibrated", calibrated, engine, global_state, update, meta, True),
     }
 
 
@@ -797,6 +809,17 @@ def test_data_aware_filters_block_or_defend_every_generated_result(data_worlds):
     run()
 
 
+def test_calibrated_filter_blocks_or_defends_every_generated_result(data_worlds):
+    world = data_worlds["calibrated"]
+
+    @FUZZ_SETTINGS
+    @given(recipe=recipes(data_aware=True))
+    def run(recipe):
+        _fuzz(world, recipe)
+
+    run()
+
+
 def test_every_filter_saw_its_share_of_examples():
     """Runs last (file order): each filter that was fuzzed saw FUZZ_EXAMPLES results, enough of them defended."""
     ran = {name: count for name, count in SEEN.items() if count}
@@ -919,3 +942,14 @@ def test_noise_filters_record_a_finite_positive_noise_norm_for_tiny_and_huge_upd
     sigma = record["params"]["sigma"]
     noised = sum(v.size for k, v in update.items() if v.dtype.kind == "f")
     assert 0.5 < record["noise_norm"] / (sigma * np.sqrt(noised)) < 1.5, record
+
+
+def test_calibrated_filter_blocks_an_update_whose_meta_claims_other_local_epochs(data_worlds):
+    """Was: meta saying 2 local epochs for a 1-step update was self-audited as a 2-step round and sent."""
+    world = data_worlds["calibrated"]
+    meta = copy.deepcopy(world.meta)
+    meta["gia_training"]["local_epochs"] = 2
+    shareable = DXO(DataKind.WEIGHT_DIFF, dict(world.update), meta=meta).to_shareable()
+    shareable.set_header(AppConstants.CURRENT_ROUND, ROUND)
+    with pytest.raises(ContentBlockedException, match="CalibratedDefenseFilter"):
+        _run_once(world, world.filters[0], shareable)
