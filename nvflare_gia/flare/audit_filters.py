@@ -180,6 +180,7 @@ class CalibratedDefenseFilter(DefenseFilter):
     Args:
         defense: see :class:`nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         target: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
+        margin: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         metric: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         min_strength: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         max_strength: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
@@ -206,6 +207,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         self,
         defense: str = CalibratedDefenseConfig.defense,
         target: float = CalibratedDefenseConfig.target,
+        margin: float = CalibratedDefenseConfig.margin,
         metric: str = CalibratedDefenseConfig.metric,
         min_strength: float | None = CalibratedDefenseConfig.min_strength,
         max_strength: float | None = CalibratedDefenseConfig.max_strength,
@@ -223,6 +225,7 @@ class CalibratedDefenseFilter(DefenseFilter):
     ) -> None:
         self.defense = defense
         self.target = target
+        self.margin = margin
         self.metric = metric
         self.min_strength = min_strength
         self.max_strength = max_strength
@@ -242,7 +245,7 @@ class CalibratedDefenseFilter(DefenseFilter):
     def _build_defense(self) -> Defense:
         return CalibratedDefense(
             CalibratedDefenseConfig(
-                defense=self.defense, target=self.target, metric=self.metric, min_strength=self.min_strength,
+                defense=self.defense, target=self.target, margin=self.margin, metric=self.metric, min_strength=self.min_strength,
                 max_strength=self.max_strength, ladder_factor=self.ladder_factor, total_seconds=self.total_seconds,
                 max_images=self.max_images, max_seconds=self.max_seconds, max_iterations=self.max_iterations,
                 restarts=self.restarts, attack_seed=self.attack_seed, device=self.device, num_threads=self.num_threads,
@@ -262,7 +265,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         self.log_info(
             fl_ctx,
             f"{record['name']}: {calibration['status']}, {calibration['strength_name']}={calibration['strength']:.4g} "
-            f"({calibration['metric']}={calibration['value']}, target <= {calibration['target']}) after "
+            f"({calibration['metric']}={calibration['value']}, target {calibration['target']} - margin {calibration['margin']}) after "
             f"{calibration['num_tries']} tries in {calibration['seconds']:.1f} s",
         )
         return dxo

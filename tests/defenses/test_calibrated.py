@@ -71,8 +71,29 @@ def test_calibrated_defense_sends_the_update_it_audited(high_risk_case):
 def test_calibrated_defense_raises_calibration_error_when_no_rung_meets_the_target(high_risk_case):
     case = high_risk_case
     defense = CalibratedDefense(CalibratedDefenseConfig(target=-10.0, max_strength=0.4, seed=0, **SHORT))
-    with pytest.raises(CalibrationError, match=r"no sigma0 up to max_strength=0.4 met rdlv <= -10.0: 0.1 -> .*, 0.2 -> .*, 0.4 -> "):
+    with pytest.raises(
+        CalibrationError, match=r"no sigma0 up to max_strength=0.4 met rdlv <= -10.3 \(target -10.0 - margin 0.3\): 0.1 -> .*, 0.2 -> .*, 0.4 -> "
+    ):
         defense.apply(case.update, global_state=case.global_state, context=case.context())
+
+
+def test_calibrated_defense_requires_the_audit_to_beat_the_target_by_the_margin(high_risk_case):
+    case = high_risk_case
+    shared = {"min_strength": 0.1, "max_strength": 1000.0, "ladder_factor": 10.0, "seed": 0, **SHORT}
+    unshifted = CalibratedDefense(CalibratedDefenseConfig(target=0.2, margin=0.0, **shared))
+    no_margin = unshifted.apply(case.update, global_state=case.global_state, context=case.context())
+    first = no_margin.params["gia_calibration"]
+    # the target at the audit value of the first pass, so that a margin must push the search further
+    target = first["value"] + 0.05
+    with_margin = CalibratedDefense(CalibratedDefenseConfig(target=target, margin=0.2, **shared))
+    shifted = CalibratedDefense(CalibratedDefenseConfig(target=target - 0.2, margin=0.0, **shared))
+    margin_record = with_margin.apply(case.update, global_state=case.global_state, context=case.context()).params["gia_calibration"]
+    shifted_record = shifted.apply(case.update, global_state=case.global_state, context=case.context()).params["gia_calibration"]
+    assert margin_record["margin"] == 0.2 and margin_record["target"] == target
+    assert margin_record["value"] <= target - 0.2
+    assert all(t["value"] > target - 0.2 for t in margin_record["tries"][:-1])
+    assert (margin_record["strength"], margin_record["value"]) == (shifted_record["strength"], shifted_record["value"])
+    assert margin_record["strength"] > first["strength"]
 
 
 def test_calibrated_defense_needs_the_global_model_and_the_data(high_risk_case):

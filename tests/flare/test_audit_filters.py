@@ -263,7 +263,7 @@ def test_gate_passes_clients_above_max_images_without_an_audit(site):
 def test_calibrated_strength_is_monotone_in_the_target(site):
     chosen = {}
     for target in (0.5, 0.0, -0.3):
-        flt = CalibratedDefenseFilter(target=target, min_strength=1.0, max_strength=1000.0, ladder_factor=10.0, seed=0, **FAST)
+        flt = CalibratedDefenseFilter(target=target, margin=0.0, min_strength=1.0, max_strength=1000.0, ladder_factor=10.0, seed=0, **FAST)
         dxo = _run(flt, site, site.high_risk)
         calibration = dxo.get_meta_prop(GIA_CALIBRATION_META_KEY)
         assert calibration["status"] == "audited" and calibration["value"] <= target
@@ -288,7 +288,7 @@ def test_calibrated_filter_applies_min_strength_to_clients_above_max_images(site
 
 def test_calibrated_filter_fails_closed_when_no_strength_reaches_the_target(site):
     flt = CalibratedDefenseFilter(target=-5.0, min_strength=0.1, max_strength=0.2, seed=0, **TINY)
-    with pytest.raises(ContentBlockedException, match=r"no sigma0 up to max_strength=0.2 met rdlv <= -5.0"):
+    with pytest.raises(ContentBlockedException, match=r"no sigma0 up to max_strength=0.2 met rdlv <= -5.3 \(target -5.0 - margin 0.3\)"):
         _run(flt, site, site.high_risk)
 
 
