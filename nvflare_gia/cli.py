@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     defenses.add_argument("--attack-seconds", type=float, default=None)
     defenses.add_argument("--defenses", nargs="+", default=None, help="subset: gaussian laplacian shadow latent calibrated_gaussian calibrated_shadow (none always runs)")
     defenses.add_argument("--seed", type=int, default=0)
+    defenses.add_argument(
+        "--seeds", type=int, default=1, help="repeat with seeds SEED, SEED+1, ... and report means (each seed attacks another high-risk image)"
+    )
     overhead = bench_commands.add_parser("overhead", help="seconds of each defense on 1M- and 11M-parameter updates")
     overhead.add_argument("--json", required=True)
     overhead.add_argument("--repeats", type=int, default=5)
@@ -185,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_defense_benchmark(
             quick=args.quick, data=args.data, json_path=args.json, rounds=args.rounds,
-            attack_seconds=args.attack_seconds, defenses=args.defenses, seed=args.seed,
+            attack_seconds=args.attack_seconds, defenses=args.defenses, seed=args.seed, seeds=args.seeds,
         )
         return 0
     if args.command == "bench" and args.bench_command == "overhead":

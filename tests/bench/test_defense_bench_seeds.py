@@ -1,0 +1,61 @@
+"""``bench defenses --seeds N``: the protocol repeated with N seeds, reported as means."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from nvflare_gia.bench.defense_bench import RUN_KEYS, _mean_run, run_defense_benchmark
+from nvflare_gia.errors import ConfigError
+
+NUMBERS = RUN_KEYS[2:]
+
+
+def test_bench_with_two_seeds_reports_the_mean_of_two_real_runs(tmp_path):
+    from nvflare_gia.data import DataSpec, load_splits
+
+    splits = load_splits(DataSpec(image_size=16))
+    np.savez(
+        tmp_path / "small.npz",
+        train_images=splits.train_images[:40], train_labels=splits.train_labels[:40],
+        val_images=splits.val_images[:8], val_labels=splits.val_labels[:8],
+        test_images=splits.test_images[:16], test_labels=splits.test_labels[:16],
+    )
+    path = tmp_path / "defenses.json"
+    result = run_defense_benchmark(
+        quick=True, data=str(tmp_path / "small.npz"), json_path=str(path), rounds=1, attack_seconds=1, defenses=["gaussian"], seed=3, seeds=2
+    )
+    assert result["protocol"]["seed"] == 3 and result["protocol"]["seeds"] == 2
+    assert [run["defense"] for run in result["runs"]] == ["none", "gaussian", "gaussian"]
+    for run in result["runs"]:
+        per_seed = run["per_seed"]
+        assert [single["seed"] for single in per_seed] == [3, 4]
+        assert all(single["defense"] == run["defense"] and single["params"] == run["params"] for single in per_seed)
+        for key in NUMBERS:
+            assert run[key] == pytest.approx(np.mean([single[key] for single in per_seed])), key
+    # each seed partitions the data anew, so the attacked high-risk image (and its leakage) differs
+    undefended = result["runs"][0]["per_seed"]
+    assert undefended[0]["ssim"] != undefended[1]["ssim"]
+    baseline = result["runs"][0]["accuracy"]
+    assert all(pick["accuracy"] >= baseline - 0.01 for pick in result["equal_utility"].values())
+    with open(path.with_suffix(".csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [tuple(row) for row in rows] == [RUN_KEYS] * 3
+    assert [float(row["accuracy"]) for row in rows] == pytest.approx([run["accuracy"] for run in result["runs"]])
+
+
+def test_mean_run_leaves_out_blocked_seeds():
+    blocked = {"defense": "calibrated_gaussian", "params": {"target": 0.0}, **{key: 0.5 for key in NUMBERS}, "seed": 0}
+    blocked.update(ssim=None, psnr=None, mse=None, rdlv=None, attacker_accuracy=None)
+    sent = {**blocked, "ssim": 0.2, "psnr": 12.0, "mse": 0.05, "rdlv": -0.1, "attacker_accuracy": 1.0, "accuracy": 0.7, "seed": 1}
+    mean = _mean_run([blocked, sent])
+    assert mean["accuracy"] == pytest.approx(0.6) and mean["ssim"] == 0.2 and mean["attacker_accuracy"] == 1.0
+    assert _mean_run([blocked, blocked])["ssim"] is None
+
+
+@pytest.mark.parametrize("seeds", [0, -1, 1.5, True, "2"])
+def test_bench_rejects_bad_seeds(seeds, tmp_path):
+    with pytest.raises(ConfigError, match=r"seeds must be an integer >= 1"):
+        run_defense_benchmark(quick=True, data="synthetic", json_path=str(tmp_path / "x.json"), seeds=seeds)
