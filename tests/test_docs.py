@@ -34,3 +34,12 @@ def test_guide_diff_matches_the_job_folders(before, after):
 
 def test_readme_links_the_deployment_guide():
     assert "docs/deployment.md" in (REPO / "README.md").read_text()
+
+
+@pytest.mark.parametrize("block", ["setup", "test"])
+def test_ci_runs_the_readmes_commands_verbatim(block):
+    readme = (REPO / "README.md").read_text()
+    match = re.search(rf"<!-- ci:{block} -->\n```bash\n(.*?)\n```", readme, flags=re.S)
+    assert match, f"README.md lacks the ci:{block} block"
+    ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
+    assert match.group(1) in ci_lines, f".ci/run does not run the README's {block} command {match.group(1)!r}"

@@ -180,9 +180,8 @@ def early_output(model: nn.Module, split: nn.Module, images: torch.Tensor) -> to
 
     handle = split.register_forward_hook(hook)
     try:
-        model(images)
-    except _Stop:
-        pass
+        with contextlib.suppress(_Stop):
+            model(images)
     finally:
         handle.remove()
     if not captured or not isinstance(captured[0], torch.Tensor):

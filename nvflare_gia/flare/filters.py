@@ -33,6 +33,7 @@ stream; with ``seed`` left at None every round draws fresh OS entropy.
 
 from __future__ import annotations
 
+import abc
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -114,8 +115,9 @@ class DefenseFilter(DXOFilter):
         self._defense: Defense = self._build_defense()
         self._reset()
 
+    @abc.abstractmethod
     def _build_defense(self) -> Defense:
-        raise NotImplementedError
+        """The core defense this filter applies (built once, at construction)."""
 
     def _reset(self) -> None:
         self._global_state: dict[str, np.ndarray] | None = None

@@ -568,16 +568,12 @@ def _kill(procs: list, grace_s: float = 5.0) -> list[int]:
         except psutil.NoSuchProcess:
             continue
     for p in tree.values():
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(list(tree.values()), timeout=grace_s)
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(alive, timeout=grace_s)
     return sorted(tree)
 
