@@ -1,10 +1,14 @@
-"""Shared fixtures: where the real chest X-rays live (``../shared/data`` beside the checkout)."""
+"""Shared fixtures: where the real chest X-rays live (``../shared/data`` beside the checkout), one
+torch thread, and a small cut of the synthetic images for cheap benchmark runs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -17,3 +21,33 @@ def nih_cxr_path() -> Path:
     if not NIH_CXR.is_file():
         pytest.skip(f"real chest X-rays not found at {NIH_CXR}")
     return NIH_CXR
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: the machine's cores are shared, and OpenMP threads that wait on
+    busy cores make many small operations (the data-aware defenses, short attacks) tens of times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def write_small_npz() -> Callable[..., Path]:
+    """``write(folder, image_size=64)``: a ``.npz`` of the shared format with a small cut of the
+    synthetic images (40 train, 8 val, 16 test), so a benchmark's reference classifier trains fast."""
+    from nvflare_gia.data import DataSpec, load_splits
+
+    def write(folder: Path, image_size: int = 64) -> Path:
+        splits = load_splits(DataSpec(image_size=image_size))
+        path = folder / "small.npz"
+        np.savez(
+            path,
+            train_images=splits.train_images[:40], train_labels=splits.train_labels[:40],
+            val_images=splits.val_images[:8], val_labels=splits.val_labels[:8],
+            test_images=splits.test_images[:16], test_labels=splits.test_labels[:16],
+        )
+        return path
+
+    return write

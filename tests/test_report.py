@@ -288,22 +288,14 @@ def test_format_metric_prints_a_dash_for_missing_values(value):
 
 # ------------------------------------------------------------------- (c) a real small benchmark
 @pytest.fixture(scope="module")
-def bench_json(tmp_path_factory) -> Path:
+def bench_json(tmp_path_factory, write_small_npz) -> Path:
     """A real ``bench defenses`` run, kept cheap: one round, 2 s attacks, one defense, and a small
-    cut of the synthetic images (40 train, 8 val, 16 test) so the reference classifier trains fast."""
+    cut of the synthetic images so the reference classifier trains fast."""
     from nvflare_gia.bench.defense_bench import run_defense_benchmark
-    from nvflare_gia.data import DataSpec, load_splits
 
     root = tmp_path_factory.mktemp("bench")
-    splits = load_splits(DataSpec())
-    np.savez(
-        root / "small.npz",
-        train_images=splits.train_images[:40], train_labels=splits.train_labels[:40],
-        val_images=splits.val_images[:8], val_labels=splits.val_labels[:8],
-        test_images=splits.test_images[:16], test_labels=splits.test_labels[:16],
-    )
     path = root / "defenses.json"
-    run_defense_benchmark(quick=True, data=str(root / "small.npz"), json_path=str(path), rounds=1, attack_seconds=2, defenses=["gaussian"])
+    run_defense_benchmark(quick=True, data=str(write_small_npz(root)), json_path=str(path), rounds=1, attack_seconds=2, defenses=["gaussian"])
     return path
 
 

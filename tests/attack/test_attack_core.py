@@ -3,7 +3,6 @@ of the client's training, a reconstruction that beats the prior, determinism and
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -20,32 +19,12 @@ from nvflare_gia.attack import (
 )
 from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.metrics import evaluate_leakage
-from nvflare_gia.models import SmallCNN
-from nvflare_gia.training import TrainingConfig, train_local
+from nvflare_gia.training import TrainingConfig
 
 
-@pytest.fixture(scope="module")
-def xrays(nih_cxr_path):
-    with np.load(nih_cxr_path) as data:
-        images = torch.tensor(data["train_images"][:8], dtype=torch.float32)[:, None] / 255.0
-        labels = torch.tensor(data["train_labels"][:8]).long().reshape(-1)
-    return images, labels
-
-
-def _client_round(images, labels, batch_size, config=None, seed=0):
-    config = config or TrainingConfig()
-    torch.manual_seed(seed)
-    model = SmallCNN()
-    global_state = copy.deepcopy(model.state_dict())
-    trained = copy.deepcopy(model)
-    train_local(trained, images, labels, batch_size, config)
-    update = {k: v - global_state[k] for k, v in trained.state_dict().items()}
-    return model, global_state, update
-
-
-def test_bn_statistics_recovered_exactly_from_one_step(xrays):
+def test_bn_statistics_recovered_exactly_from_one_step(xrays, client_round):
     images, labels = xrays[0][:4], xrays[1][:4]
-    model, global_state, update = _client_round(images, labels, 4)
+    model, global_state, update = client_round(images, labels, 4)
     recovered = recover_bn_statistics(global_state, update, 0.1, 1)
     # the true batch statistics of each BN layer's input, from forward hooks on the global model
     seen = {}
@@ -65,10 +44,10 @@ def test_bn_statistics_recovered_exactly_from_one_step(xrays):
 
 
 @pytest.mark.parametrize("index", range(4))
-def test_labels_exact_at_batch_one(xrays, index):
+def test_labels_exact_at_batch_one(xrays, index, client_round):
     images = xrays[0][index : index + 1]
     for forced in (0, 1):  # every class, whatever the image's own label
-        model, global_state, update = _client_round(images, torch.tensor([forced]), 1)
+        model, global_state, update = client_round(images, torch.tensor([forced]), 1)
         recovery = recover_labels(model, global_state, update, ThreatModel(image_size=64))
         assert recovery.labels.tolist() == [forced]
 
@@ -78,9 +57,9 @@ def test_labels_exact_at_batch_one(xrays, index):
     [(TrainingConfig(), 4), (TrainingConfig(momentum=0.9), 2), (TrainingConfig(optimizer="adam", lr=1e-3), 2)],
     ids=["sgd-1-step", "momentum-2-steps", "adam-2-steps"],
 )
-def test_simulated_update_equals_the_client_update(xrays, config, batch_size):
+def test_simulated_update_equals_the_client_update(xrays, config, batch_size, client_round):
     images, labels = xrays[0][:4], xrays[1][:4]
-    model, _, update = _client_round(images, labels, batch_size, config)
+    model, _, update = client_round(images, labels, batch_size, config)
     threat = ThreatModel(image_size=64, batch_size=batch_size, num_images=4, training=config)
     # train_local shuffles; replay the client's own order (the attacker optimises free dummies anyway)
     order = torch.randperm(4, generator=torch.Generator().manual_seed(config.seed * 100_003))
@@ -90,9 +69,9 @@ def test_simulated_update_equals_the_client_update(xrays, config, batch_size):
         torch.testing.assert_close(simulated[key].float(), update[key].float(), atol=1e-5, rtol=1e-3, msg=key)
 
 
-def test_tiny_reconstruction_beats_the_flat_prior(xrays):
+def test_tiny_reconstruction_beats_the_flat_prior(xrays, client_round):
     image = F.interpolate(xrays[0][:1], size=16, mode="area")
-    _, global_state, update = _client_round(image, xrays[1][:1], 1)
+    _, global_state, update = client_round(image, xrays[1][:1], 1)
     attack = GradientInversionAttack(AttackConfig(max_iterations=300, restarts=1, max_seconds=None, seed=0))
     result = attack.reconstruct(global_state, update, ThreatModel(image_size=16))
     report = evaluate_leakage(result.images, image.numpy(), reconstructed_labels=result.labels, true_labels=xrays[1][:1].numpy())
@@ -100,27 +79,27 @@ def test_tiny_reconstruction_beats_the_flat_prior(xrays):
     assert report.label_accuracy == 1.0
 
 
-def test_attack_is_deterministic_under_a_seed(xrays):
+def test_attack_is_deterministic_under_a_seed(xrays, client_round):
     image = F.interpolate(xrays[0][:1], size=16, mode="area")
-    _, global_state, update = _client_round(image, xrays[1][:1], 1)
+    _, global_state, update = client_round(image, xrays[1][:1], 1)
     config = AttackConfig(max_iterations=20, restarts=2, max_seconds=None, seed=3)
     first = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
     second = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
     np.testing.assert_array_equal(first.images, second.images)
 
 
-def test_attack_does_not_mutate_its_inputs(xrays):
+def test_attack_does_not_mutate_its_inputs(xrays, client_round):
     image = F.interpolate(xrays[0][:1], size=16, mode="area")
-    _, global_state, update = _client_round(image, xrays[1][:1], 1)
+    _, global_state, update = client_round(image, xrays[1][:1], 1)
     before = ({k: v.clone() for k, v in global_state.items()}, {k: v.clone() for k, v in update.items()})
     GradientInversionAttack(AttackConfig(max_iterations=5, restarts=1, max_seconds=None)).reconstruct(global_state, update, ThreatModel(image_size=16))
     for original, now in ((before[0], global_state), (before[1], update)):
         assert all(torch.equal(original[k], now[k]) for k in original)
 
 
-def test_malformed_update_is_rejected_with_the_key_and_shapes(xrays):
+def test_malformed_update_is_rejected_with_the_key_and_shapes(xrays, client_round):
     image = F.interpolate(xrays[0][:1], size=16, mode="area")
-    _, global_state, update = _client_round(image, xrays[1][:1], 1)
+    _, global_state, update = client_round(image, xrays[1][:1], 1)
     attack = GradientInversionAttack(AttackConfig(max_iterations=5, restarts=1, max_seconds=None))
     wrong_shape = {**update, "classifier.weight": torch.zeros(3, 64)}
     with pytest.raises(DataError, match=r"classifier\.weight.*\(3, 64\).*\(2, 64\)|classifier\.weight.*\(2, 64\).*\(3, 64\)"):

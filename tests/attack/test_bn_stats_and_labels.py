@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -22,26 +21,7 @@ from nvflare_gia.attack import (
     recover_labels,
 )
 from nvflare_gia.errors import ConfigError, DataError
-from nvflare_gia.models import SmallCNN
-from nvflare_gia.training import TrainingConfig, train_local
-
-
-@pytest.fixture(scope="module")
-def xrays(nih_cxr_path):
-    with np.load(nih_cxr_path) as data:
-        images = torch.tensor(data["train_images"][:8], dtype=torch.float32)[:, None] / 255.0
-        labels = torch.tensor(data["train_labels"][:8]).long().reshape(-1)
-    return images, labels
-
-
-def _round(images, labels, batch_size, config=None):
-    config = config or TrainingConfig()
-    torch.manual_seed(0)
-    model = SmallCNN()
-    global_state = copy.deepcopy(model.state_dict())
-    trained = copy.deepcopy(model)
-    train_local(trained, images, labels, batch_size, config)
-    return model, global_state, {k: v - global_state[k] for k, v in trained.state_dict().items()}
+from nvflare_gia.training import TrainingConfig
 
 
 def test_ema_step_weights_sum_to_one_and_favour_late_steps():
@@ -51,10 +31,10 @@ def test_ema_step_weights_sum_to_one_and_favour_late_steps():
     assert ema_step_weights(0.1, 1).tolist() == [1.0]
 
 
-def test_bn_statistics_over_two_steps_match_the_simulator_average(xrays):
+def test_bn_statistics_over_two_steps_match_the_simulator_average(xrays, client_round):
     images, labels = xrays[0][:4], xrays[1][:4]
     config = TrainingConfig(local_epochs=2)
-    model, global_state, update = _round(images, labels, 4, config)
+    model, global_state, update = client_round(images, labels, 4, config)
     threat = ThreatModel(batch_size=4, num_images=4, training=config)
     recovered = recover_bn_statistics(global_state, update, 0.1, threat.num_steps)
     simulated = LocalTrainingSimulator(model, threat).run(images, labels, create_graph=False).bn_statistics
@@ -63,8 +43,8 @@ def test_bn_statistics_over_two_steps_match_the_simulator_average(xrays):
         torch.testing.assert_close(stats.var, simulated[name].var.detach(), atol=1e-5, rtol=1e-4)
 
 
-def test_bn_statistics_reject_missing_buffer_and_bad_momentum(xrays):
-    _, global_state, update = _round(xrays[0][:1], xrays[1][:1], 1)
+def test_bn_statistics_reject_missing_buffer_and_bad_momentum(xrays, client_round):
+    _, global_state, update = client_round(xrays[0][:1], xrays[1][:1], 1)
     with pytest.raises(DataError, match="features.1.running_var"):
         recover_bn_statistics(global_state, {k: v for k, v in update.items() if k != "features.1.running_var"})
     with pytest.raises(ConfigError, match="momentum"):
@@ -75,9 +55,9 @@ def test_biased_variance_scales_by_count():
     assert float(biased_variance(torch.tensor(2.0), 4)) == pytest.approx(1.5)
 
 
-def test_count_labels_correct_on_a_batch_of_four(xrays):
+def test_count_labels_correct_on_a_batch_of_four(xrays, client_round):
     images, labels = xrays[0][:4], xrays[1][:4]
-    model, global_state, update = _round(images, labels, 4)
+    model, global_state, update = client_round(images, labels, 4)
     threat = ThreatModel(batch_size=4, num_images=4)
     bn = recover_bn_statistics(global_state, update, 0.1, 1)
     recovery = recover_labels(model, global_state, update, threat, strategy="analytic", bn_statistics=bn)
@@ -86,17 +66,17 @@ def test_count_labels_correct_on_a_batch_of_four(xrays):
     assert recovery.estimates.sum() == pytest.approx(4.0, abs=1e-6)
 
 
-def test_labels_fall_back_to_soft_for_adam_with_several_images(xrays):
+def test_labels_fall_back_to_soft_for_adam_with_several_images(xrays, client_round):
     images, labels = xrays[0][:4], xrays[1][:4]
     config = TrainingConfig(optimizer="adam", lr=1e-3)
-    model, global_state, update = _round(images, labels, 4, config)
+    model, global_state, update = client_round(images, labels, 4, config)
     recovery = recover_labels(model, global_state, update, ThreatModel(batch_size=4, num_images=4, training=config))
     assert recovery.labels is None and recovery.method == "soft"
 
 
-def test_labels_sign_survives_adam_at_batch_one(xrays):
+def test_labels_sign_survives_adam_at_batch_one(xrays, client_round):
     config = TrainingConfig(optimizer="adam", lr=1e-3)
-    model, global_state, update = _round(xrays[0][:1], torch.tensor([1]), 1, config)
+    model, global_state, update = client_round(xrays[0][:1], torch.tensor([1]), 1, config)
     assert recover_labels(model, global_state, update, ThreatModel(training=config)).labels.tolist() == [1]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import numpy as np
@@ -17,32 +16,19 @@ from nvflare_gia.attack import (
     resolve_device,
 )
 from nvflare_gia.errors import ConfigError, DataError
-from nvflare_gia.models import SmallCNN
-from nvflare_gia.training import TrainingConfig, train_local
+from nvflare_gia.training import TrainingConfig
 
 FAST = {"max_iterations": 30, "max_seconds": None, "restarts": 1, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
-def tiny(nih_cxr_path):
-    with np.load(nih_cxr_path) as data:
-        images = torch.tensor(data["train_images"][:4], dtype=torch.float32)[:, None] / 255.0
-        labels = torch.tensor(data["train_labels"][:4]).long().reshape(-1)
-    return F.interpolate(images, size=16, mode="area"), labels
+def tiny(xrays):
+    """The first 4 chest X-rays at 16×16."""
+    return F.interpolate(xrays[0][:4], size=16, mode="area"), xrays[1][:4]
 
 
-def _round(images, labels, batch_size, config=None):
-    config = config or TrainingConfig()
-    torch.manual_seed(0)
-    model = SmallCNN()
-    global_state = copy.deepcopy(model.state_dict())
-    trained = copy.deepcopy(model)
-    train_local(trained, images, labels, batch_size, config)
-    return global_state, {k: v - global_state[k] for k, v in trained.state_dict().items()}
-
-
-def test_best_selection_returns_the_lowest_loss_restart(tiny):
-    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+def test_best_selection_returns_the_lowest_loss_restart(tiny, client_round):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
     config = AttackConfig(**{**FAST, "restarts": 3, "restart_selection": "best"})
     result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
     losses = result.stats["restart_losses"]
@@ -50,9 +36,9 @@ def test_best_selection_returns_the_lowest_loss_restart(tiny):
     assert result.stats["returned_matching_loss"] == pytest.approx(min(losses), rel=1e-4)
 
 
-def test_consensus_averages_restarts_and_keeps_labels(tiny):
+def test_consensus_averages_restarts_and_keeps_labels(tiny, client_round):
     images, labels = tiny[0][:2], tiny[1][:2]
-    global_state, update = _round(images, labels, 2)
+    _, global_state, update = client_round(images, labels, 2)
     threat = ThreatModel(image_size=16, batch_size=2, num_images=2)
     config = AttackConfig(**{**FAST, "restarts": 3, "consensus_tolerance": 1e6})
     result = GradientInversionAttack(config).reconstruct(global_state, update, threat)
@@ -62,8 +48,8 @@ def test_consensus_averages_restarts_and_keeps_labels(tiny):
     assert sorted(result.labels.tolist()) == sorted(labels.tolist())
 
 
-def test_soft_labels_are_optimised_when_requested(tiny):
-    global_state, update = _round(tiny[0][:2], tiny[1][:2], 2)
+def test_soft_labels_are_optimised_when_requested(tiny, client_round):
+    _, global_state, update = client_round(tiny[0][:2], tiny[1][:2], 2)
     threat = ThreatModel(image_size=16, batch_size=2, num_images=2)
     result = GradientInversionAttack(AttackConfig(**FAST, label_strategy="soft")).reconstruct(global_state, update, threat)
     assert result.stats["label_method"] == "soft"
@@ -71,16 +57,16 @@ def test_soft_labels_are_optimised_when_requested(tiny):
     np.testing.assert_allclose(result.soft_labels.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_attack_runs_on_a_multi_step_adam_round(tiny):
+def test_attack_runs_on_a_multi_step_adam_round(tiny, client_round):
     config = TrainingConfig(optimizer="adam", lr=1e-3, local_epochs=2)
-    global_state, update = _round(tiny[0][:2], tiny[1][:2], 1, config)
+    _, global_state, update = client_round(tiny[0][:2], tiny[1][:2], 1, config)
     threat = ThreatModel(image_size=16, batch_size=1, num_images=2, training=config)
     result = GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, threat)
     assert result.stats["iterations"] == 30 and np.isfinite(result.stats["update_residual"])
 
 
-def test_attack_accepts_numpy_inputs_and_a_prior(tiny):
-    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+def test_attack_accepts_numpy_inputs_and_a_prior(tiny, client_round):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
     as_numpy = ({k: v.numpy() for k, v in global_state.items()}, {k: v.numpy() for k, v in update.items()})
     prior = np.full((16, 16), 0.4, dtype=np.float32)
     config = AttackConfig(**FAST, init="prior", prior_weight=0.1)
@@ -88,22 +74,22 @@ def test_attack_accepts_numpy_inputs_and_a_prior(tiny):
     assert result.labels.tolist() == tiny[1][:1].tolist()
 
 
-def test_attack_rejects_a_prior_of_the_wrong_shape(tiny):
-    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+def test_attack_rejects_a_prior_of_the_wrong_shape(tiny, client_round):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
     with pytest.raises(DataError, match="prior"):
         GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, ThreatModel(image_size=16), prior=np.zeros((8, 8)))
 
 
-def test_attack_rejects_an_update_for_another_model(tiny):
-    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+def test_attack_rejects_an_update_for_another_model(tiny, client_round):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
     with pytest.raises(DataError, match="lacks"):
         GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, ThreatModel(image_size=16, model="resnet18"))
     with pytest.raises(TypeError, match="threat"):
         GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, {"image_size": 16})
 
 
-def test_time_budget_stops_the_attack_and_logs_progress(tiny, caplog):
-    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+def test_time_budget_stops_the_attack_and_logs_progress(tiny, caplog, client_round):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
     config = AttackConfig(max_iterations=10**6, max_seconds=1.0, restarts=2, log_every=0.2, device="cpu")
     with caplog.at_level(logging.INFO, logger="nvflare_gia.attack.engine"):
         result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
@@ -111,8 +97,8 @@ def test_time_budget_stops_the_attack_and_logs_progress(tiny, caplog):
     assert any("time left" in record.getMessage() for record in caplog.records)
 
 
-def test_num_threads_is_restored(tiny):
-    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+def test_num_threads_is_restored(tiny, client_round):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
     before = torch.get_num_threads()
     GradientInversionAttack(AttackConfig(**FAST, num_threads=1)).reconstruct(global_state, update, ThreatModel(image_size=16))
     assert torch.get_num_threads() == before
@@ -149,8 +135,8 @@ def test_resolve_device_auto_and_missing_cuda():
             resolve_device("cuda")
 
 
-def test_time_budget_runs_fewer_restarts_when_each_would_be_too_short(tiny):
-    global_state, update = _round(tiny[0][:1], tiny[1][:1], 1)
+def test_time_budget_runs_fewer_restarts_when_each_would_be_too_short(tiny, client_round):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
     config = AttackConfig(max_seconds=1.0, restarts=5, min_restart_iterations=10**6, device="cpu")
     result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
     assert len(result.stats["restart_losses"]) == 1

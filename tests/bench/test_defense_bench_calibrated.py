@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 
 from nvflare_gia.bench.defense_bench import (
@@ -50,20 +49,11 @@ def test_equal_utility_includes_calibrated_defenses():
     assert "calibrated_shadow" not in picks
 
 
-def test_bench_runs_calibrated_gaussian_and_reports_the_run_keys(tmp_path):
+def test_bench_runs_calibrated_gaussian_and_reports_the_run_keys(tmp_path, write_small_npz):
     """One round on a small synthetic cut (16×16 images keep the audits short), next to the fixed Gaussian."""
-    from nvflare_gia.data import DataSpec, load_splits
-
-    splits = load_splits(DataSpec(image_size=16))
-    np.savez(
-        tmp_path / "small.npz",
-        train_images=splits.train_images[:40], train_labels=splits.train_labels[:40],
-        val_images=splits.val_images[:8], val_labels=splits.val_labels[:8],
-        test_images=splits.test_images[:16], test_labels=splits.test_labels[:16],
-    )
     path = tmp_path / "defenses.json"
     result = run_defense_benchmark(
-        quick=True, data=str(tmp_path / "small.npz"), json_path=str(path), rounds=1, attack_seconds=1, defenses=["gaussian", "calibrated_gaussian"]
+        quick=True, data=str(write_small_npz(tmp_path, image_size=16)), json_path=str(path), rounds=1, attack_seconds=1, defenses=["gaussian", "calibrated_gaussian"]
     )
     assert [run["defense"] for run in result["runs"]] == ["none", "gaussian", "gaussian", "calibrated_gaussian"]
     for run in result["runs"]:

@@ -13,19 +13,10 @@ from nvflare_gia.errors import ConfigError
 NUMBERS = RUN_KEYS[2:]
 
 
-def test_bench_with_two_seeds_reports_the_mean_of_two_real_runs(tmp_path):
-    from nvflare_gia.data import DataSpec, load_splits
-
-    splits = load_splits(DataSpec(image_size=16))
-    np.savez(
-        tmp_path / "small.npz",
-        train_images=splits.train_images[:40], train_labels=splits.train_labels[:40],
-        val_images=splits.val_images[:8], val_labels=splits.val_labels[:8],
-        test_images=splits.test_images[:16], test_labels=splits.test_labels[:16],
-    )
+def test_bench_with_two_seeds_reports_the_mean_of_two_real_runs(tmp_path, write_small_npz):
     path = tmp_path / "defenses.json"
     result = run_defense_benchmark(
-        quick=True, data=str(tmp_path / "small.npz"), json_path=str(path), rounds=1, attack_seconds=1, defenses=["gaussian"], seed=3, seeds=2
+        quick=True, data=str(write_small_npz(tmp_path, image_size=16)), json_path=str(path), rounds=1, attack_seconds=1, defenses=["gaussian"], seed=3, seeds=2
     )
     assert result["protocol"]["seed"] == 3 and result["protocol"]["seeds"] == 2
     assert [run["defense"] for run in result["runs"]] == ["none", "gaussian", "gaussian"]

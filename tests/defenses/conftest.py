@@ -23,13 +23,8 @@ CXR_PATH = Path(__file__).resolve().parents[3] / "shared" / "data" / "nih_cxr100
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread per test: the machine's cores are shared, and OpenMP threads that wait on
-    busy cores make the many small operations of the data-aware defenses tens of times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread_per_test(one_torch_thread):
+    """Every defense test runs on one torch thread (see ``one_torch_thread``)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from nvflare.apis.fl_context import FLContext, FLContextManager
+from nvflare.apis.workspace import Workspace
 
 from nvflare_gia.data import DataSpec
 from nvflare_gia.flare.jobs import SimulatorRun, prepare_job, run_simulator
@@ -31,3 +33,37 @@ def fedavg_run(tmp_path_factory, nih_cxr_path) -> SimulatorRun:
 def load_global_model():
     """:func:`saved_global_model`, as a fixture (test modules cannot import conftest)."""
     return saved_global_model
+
+
+class StubEngine:
+    """The three things a filter asks of the engine: the workspace, events (ignored), new contexts."""
+
+    def __init__(self, workspace: Workspace, site: str, job_id: str) -> None:
+        self.workspace = workspace
+        self.manager = FLContextManager(engine=self, identity_name=site, job_id=job_id)
+
+    def get_workspace(self) -> Workspace:
+        return self.workspace
+
+    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        """Events fired by the filters are not needed here."""
+
+    def new_context(self) -> FLContext:
+        return self.manager.new_context()
+
+
+def _site_workspace(root: Path, site: str, job_id: str) -> tuple[StubEngine, Path]:
+    """A client workspace under ``root`` (startup/, local/, the job's app config folder) and its engine."""
+    (root / "startup").mkdir(parents=True)
+    (root / "local").mkdir()
+    workspace = Workspace(str(root), site_name=site)
+    config_dir = Path(workspace.get_app_config_dir(job_id))
+    config_dir.mkdir(parents=True)
+    return StubEngine(workspace, site, job_id), config_dir
+
+
+@pytest.fixture(scope="session")
+def site_workspace():
+    """``make(root, site, job_id) -> (engine, app config folder)``: :func:`_site_workspace` as a
+    fixture (test modules cannot import conftest)."""
+    return _site_workspace

@@ -13,18 +13,16 @@ import dataclasses
 import inspect
 import subprocess
 import sys
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.filter import ContentBlockedException
 from nvflare.apis.fl_constant import FLContextKey
-from nvflare.apis.fl_context import FLContext, FLContextManager
+from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
-from nvflare.apis.workspace import Workspace
 from nvflare.app_common.app_constant import AppConstants
 
 from nvflare_gia.attack import AttackConfig
@@ -51,27 +49,7 @@ FAST = {"max_iterations": 200, "restarts": 1, "max_seconds": None}
 TINY = {"max_iterations": 5, "restarts": 1, "max_seconds": None}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-class _Engine:
-    def __init__(self, workspace: Workspace) -> None:
-        self.workspace = workspace
-        self.manager = FLContextManager(engine=self, identity_name=SITE, job_id=JOB_ID)
-
-    def get_workspace(self) -> Workspace:
-        return self.workspace
-
-    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        pass
-
-    def new_context(self) -> FLContext:
-        return self.manager.new_context()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +61,7 @@ class Round:
 
 @dataclasses.dataclass(frozen=True)
 class Site:
-    engine: _Engine
+    engine: Any
     high_risk: Round  # 1 image, batch 1 (gia_data.json)
     large_batch: Round  # 8 images, batch 8 (LARGE_BATCH_SPEC)
 
@@ -106,19 +84,14 @@ def _train(spec: DataSpec) -> Round:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, nih_cxr_path) -> Site:
-    root = tmp_path_factory.mktemp("workspace")
-    (root / "startup").mkdir()
-    (root / "local").mkdir()
-    workspace = Workspace(str(root), site_name=SITE)
-    config_dir = Path(workspace.get_app_config_dir(JOB_ID))
-    config_dir.mkdir(parents=True)
+def site(tmp_path_factory, nih_cxr_path, site_workspace) -> Site:
+    engine, config_dir = site_workspace(tmp_path_factory.mktemp("workspace"), SITE, JOB_ID)
     names = (SITE, "site-2", "site-3")
     high_risk = DataSpec(source=str(nih_cxr_path), scheme="tmi2023", site_names=names)
     large_batch = DataSpec(source=str(nih_cxr_path), scheme="even", batch_size=8, max_train_images=24, site_names=names)
     (config_dir / "gia_data.json").write_text(high_risk.to_json())
     (config_dir / LARGE_BATCH_SPEC).write_text(large_batch.to_json())
-    return Site(_Engine(workspace), _train(high_risk), _train(large_batch))
+    return Site(engine, _train(high_risk), _train(large_batch))
 
 
 def _context(site: Site) -> FLContext:

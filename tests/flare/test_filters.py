@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import inspect
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,9 +20,8 @@ from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.filter import ContentBlockedException
 from nvflare.apis.fl_constant import FLContextKey, ReturnCode
-from nvflare.apis.fl_context import FLContext, FLContextManager
+from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
-from nvflare.apis.workspace import Workspace
 from nvflare.app_common.app_constant import AppConstants
 
 from nvflare_gia.data import DataSpec, load_site_data
@@ -52,13 +52,7 @@ FILTER_CONFIGS = [
 DATA_AWARE = (ShadowModelFilter, LatentPerturbationFilter)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread per test (shared cores; see tests/defenses/conftest.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _seeded(filter_cls):
@@ -68,26 +62,9 @@ def _seeded(filter_cls):
 # ---------------------------------------------------------------------------------------- fixtures
 
 
-class _Engine:
-    """The three things a filter asks of the engine in these tests."""
-
-    def __init__(self, workspace: Workspace) -> None:
-        self.workspace = workspace
-        self.manager = FLContextManager(engine=self, identity_name=SITE, job_id=JOB_ID)
-
-    def get_workspace(self) -> Workspace:
-        return self.workspace
-
-    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        pass
-
-    def new_context(self) -> FLContext:
-        return self.manager.new_context()
-
-
 @dataclasses.dataclass(frozen=True)
 class Site:
-    engine: _Engine
+    engine: Any
     config_dir: Path
     global_state: dict[str, np.ndarray]
     update: dict[str, np.ndarray]
@@ -95,14 +72,9 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Site:
+def site(tmp_path_factory, site_workspace) -> Site:
     """A site-1 workspace with the job's data spec, and the update site-1's client script would send in round 3."""
-    root = tmp_path_factory.mktemp("workspace")
-    (root / "startup").mkdir()
-    (root / "local").mkdir()
-    workspace = Workspace(str(root), site_name=SITE)
-    config_dir = Path(workspace.get_app_config_dir(JOB_ID))
-    config_dir.mkdir(parents=True)
+    engine, config_dir = site_workspace(tmp_path_factory.mktemp("workspace"), SITE, JOB_ID)
     source = str(CXR_PATH) if CXR_PATH.is_file() else "synthetic"
     spec = DataSpec(source=source, scheme="tmi2023", site_names=(SITE, "site-2", "site-3"))
     (config_dir / "gia_data.json").write_text(spec.to_json())
@@ -126,7 +98,7 @@ def site(tmp_path_factory) -> Site:
             "loss": "cross_entropy",
         },
     }
-    return Site(_Engine(workspace), config_dir, {k: v.numpy() for k, v in start.items()}, update, meta)
+    return Site(engine, config_dir, {k: v.numpy() for k, v in start.items()}, update, meta)
 
 
 def _context(site: Site, task_id: str = TASK_ID) -> FLContext:

@@ -66,7 +66,6 @@ import logging
 import os
 import re
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,9 +77,8 @@ from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.filter import ContentBlockedException
 from nvflare.apis.fl_constant import FLContextKey, ReturnCode
-from nvflare.apis.fl_context import FLContext, FLContextManager
+from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
-from nvflare.apis.workspace import Workspace
 from nvflare.app_common.app_constant import AppConstants
 
 from nvflare_gia.data import DataSpec, load_site_data
@@ -125,27 +123,10 @@ FUZZ_SETTINGS = settings(
 # ---------------------------------------------------------------------------------------- worlds
 
 
-class _Engine:
-    """The three things a filter asks of the engine."""
-
-    def __init__(self, workspace: Workspace) -> None:
-        self.workspace = workspace
-        self.manager = FLContextManager(engine=self, identity_name=SITE, job_id=JOB_ID)
-
-    def get_workspace(self) -> Workspace:
-        return self.workspace
-
-    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        pass
-
-    def new_context(self) -> FLContext:
-        return self.manager.new_context()
-
-
 class World:
     """One filter under test, the global model it caches and a valid update and meta for it."""
 
-    def __init__(self, name: str, filters: list, engine: _Engine, global_state: dict[str, np.ndarray],
+    def __init__(self, name: str, filters: list, engine: Any, global_state: dict[str, np.ndarray],
                  update: dict[str, np.ndarray], meta: dict, data_aware: bool) -> None:
         self.name, self.filters, self.engine, self.data_aware = name, filters, engine, data_aware
         self.global_state, self.update, self.meta = global_state, update, meta
@@ -173,15 +154,6 @@ def _noise_state(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[
     return global_state, update
 
 
-def _workspace(root: Path) -> tuple[_Engine, Path]:
-    (root / "startup").mkdir(parents=True)
-    (root / "local").mkdir()
-    workspace = Workspace(str(root), site_name=SITE)
-    config_dir = Path(workspace.get_app_config_dir(JOB_ID))
-    config_dir.mkdir(parents=True)
-    return _Engine(workspace), config_dir
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _quiet_and_single_threaded():
     """One torch thread (shared cores) and no log handlers (each blocked call logs an error)."""
@@ -196,8 +168,8 @@ def _quiet_and_single_threaded():
 
 
 @pytest.fixture(scope="module")
-def noise_worlds(tmp_path_factory) -> dict[str, World]:
-    engine, _ = _workspace(tmp_path_factory.mktemp("noise_ws"))
+def noise_worlds(tmp_path_factory, site_workspace) -> dict[str, World]:
+    engine, _ = site_workspace(tmp_path_factory.mktemp("noise_ws"), SITE, JOB_ID)
     global_state, update = _noise_state(np.random.default_rng(0))
     meta = {"NUM_STEPS_CURRENT_ROUND": 1}
     gaussian = [
@@ -217,10 +189,10 @@ def noise_worlds(tmp_path_factory) -> dict[str, World]:
 
 
 @pytest.fixture(scope="module")
-def data_worlds(tmp_path_factory) -> dict[str, World]:
+def data_worlds(tmp_path_factory, site_workspace) -> dict[str, World]:
     """SmallCNN on 8×8 images; site-1 of a TMI 2023 partition trains on one image, batch 1."""
     root = tmp_path_factory.mktemp("data_ws")
-    engine, config_dir = _workspace(root / "ws")
+    engine, config_dir = site_workspace(root / "ws", SITE, JOB_ID)
     rng = np.random.default_rng(0)
 
     def split(n: int) -> tuple[np.ndarray, np.ndarray]:

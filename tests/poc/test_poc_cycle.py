@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 
 from nvflare_gia.flare import poc
@@ -30,34 +28,6 @@ JOB_TIMEOUT_S = {"fedavg_cxr": 900, "np_fedavg": 300}
 STOP_TIMEOUT_S = 90
 
 logger = logging.getLogger(__name__)
-
-
-@pytest.fixture
-def poc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private, writable HOME so ``~/.nvflare/config.conf`` of the machine is left alone."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("NVFLARE_POC_WORKSPACE", raising=False)
-    return home
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _processes_mentioning(path: Path) -> list[tuple[int, str]]:
-    """Processes (other than this one) whose command line contains ``path``: a check independent of poc."""
-    needle = str(path)
-    me = os.getpid()
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if proc.info["pid"] != me and needle in cmdline:
-            found.append((proc.info["pid"], cmdline))
-    return found
 
 
 def _write_np_job(folder: Path) -> Path:
@@ -112,18 +82,9 @@ def _error_logs(workspace: Path, job_id: str, result: Path) -> str:
     return "\n".join(parts) or "(no error_log.txt has content)"
 
 
-def _admin(workspace: Path, *args: str, timeout_s: float) -> subprocess.CompletedProcess:
-    """Run an admin step the way ``poc/*.sh`` does: ``python -m nvflare_gia.flare.poc`` in its own
-    process. (In-process admin sessions break after other tests have used FLARE's serializer in
-    this pytest process: ``'None' is not an instance of 'bytes'``.)"""
-    return subprocess.run(
-        [sys.executable, "-m", "nvflare_gia.flare.poc", "-w", str(workspace), *args],
-        capture_output=True, text=True, timeout=timeout_s + 120,
-    )
-
-
-def _run_cycle(job: Path, tmp_path: Path) -> dict[str, float]:
-    """Run the whole cycle on ``job``, assert on each step, return the seconds each step took."""
+def _run_cycle(job: Path, tmp_path: Path, port: int, poc_admin: Callable, processes_mentioning: Callable) -> dict[str, float]:
+    """Run the whole cycle on ``job``, assert on each step, return the seconds each step took
+    (``port``, ``poc_admin`` and ``processes_mentioning``: the fixtures of ``tests/poc/conftest.py``)."""
     workspace = tmp_path / "ws"
     out_dir = tmp_path / "out"
     timings: dict[str, float] = {}
@@ -136,21 +97,21 @@ def _run_cycle(job: Path, tmp_path: Path) -> dict[str, float]:
         last = now
 
     try:
-        poc.prepare(workspace, N_CLIENTS, port=_free_port())
+        poc.prepare(workspace, N_CLIENTS, port=port)
         lap("prepare")
         _assert_allow_list_patched(workspace)
 
         poc.start(workspace, timeout_s=START_TIMEOUT_S)
         lap("start")
-        submitted = _admin(workspace, "submit", str(job), timeout_s=60)
+        submitted = poc_admin(workspace, "submit", str(job), timeout_s=60)
         assert submitted.returncode == 0, submitted.stderr[-2000:]
         job_id = submitted.stdout.strip().splitlines()[-1]
         lap("submit")
         assert not list(job.rglob(".__nvfl_*")), "submit must not sign the user's job folder in place"
-        waited = _admin(workspace, "wait", job_id, "--timeout", str(JOB_TIMEOUT_S[job.name]), timeout_s=JOB_TIMEOUT_S[job.name])
+        waited = poc_admin(workspace, "wait", job_id, "--timeout", str(JOB_TIMEOUT_S[job.name]), timeout_s=JOB_TIMEOUT_S[job.name])
         status = waited.stdout.strip().splitlines()[-1] if waited.stdout.strip() else waited.stderr[-2000:]
         lap("run")
-        downloaded = _admin(workspace, "download", job_id, str(out_dir), timeout_s=120)
+        downloaded = poc_admin(workspace, "download", job_id, str(out_dir), timeout_s=120)
         assert downloaded.returncode == 0, downloaded.stderr[-2000:]
         result = Path(downloaded.stdout.strip().splitlines()[-1])
         lap("download")
@@ -165,7 +126,7 @@ def _run_cycle(job: Path, tmp_path: Path) -> dict[str, float]:
         killed = poc.stop(workspace, timeout_s=STOP_TIMEOUT_S)
         lap("stop")
         assert killed == [], f"poc.stop had to kill {killed}: the system did not shut down by itself"
-        assert _processes_mentioning(workspace) == []
+        assert processes_mentioning(workspace) == []
     finally:
         try:
             poc.clean(workspace, timeout_s=STOP_TIMEOUT_S)
@@ -174,25 +135,25 @@ def _run_cycle(job: Path, tmp_path: Path) -> dict[str, float]:
             timings["total"] = time.monotonic() - t0
             logger.warning("POC cycle of %s: %s", job.name, {k: round(v, 1) for k, v in timings.items()})
 
-    assert _processes_mentioning(workspace) == []
+    assert processes_mentioning(workspace) == []
     assert not workspace.exists()
     return timings
 
 
 @pytest.mark.slow
-def test_poc_cycle_fedavg_cxr_finishes_completed(tmp_path: Path, poc_home: Path) -> None:
+def test_poc_cycle_fedavg_cxr_finishes_completed(tmp_path: Path, poc_home: Path, free_port, poc_admin, processes_mentioning) -> None:
     if not (FEDAVG_CXR / "meta.json").is_file():
         pytest.skip(f"{FEDAVG_CXR} does not exist: the job folder must be created before this test can run")
-    _run_cycle(FEDAVG_CXR, tmp_path)
+    _run_cycle(FEDAVG_CXR, tmp_path, free_port, poc_admin, processes_mentioning)
 
 
 @pytest.mark.slow
-def test_poc_cycle_numpy_job_finishes_completed(tmp_path: Path, poc_home: Path) -> None:
+def test_poc_cycle_numpy_job_finishes_completed(tmp_path: Path, poc_home: Path, free_port, poc_admin, processes_mentioning) -> None:
     """Same cycle on FLARE's own numpy components: separates POC problems from job problems."""
-    _run_cycle(_write_np_job(tmp_path / "np_fedavg"), tmp_path)
+    _run_cycle(_write_np_job(tmp_path / "np_fedavg"), tmp_path, free_port, poc_admin, processes_mentioning)
 
 
-def test_prepare_patches_allow_list_of_server_and_every_site(tmp_path: Path, poc_home: Path) -> None:
+def test_prepare_patches_allow_list_of_server_and_every_site(tmp_path: Path, poc_home: Path, processes_mentioning) -> None:
     workspace = tmp_path / "ws"
     try:
         poc.prepare(workspace, N_CLIENTS)
@@ -202,7 +163,7 @@ def test_prepare_patches_allow_list_of_server_and_every_site(tmp_path: Path, poc
         for site in poc.site_dirs(workspace):
             allow = json.loads((site / "local" / "resources.json").read_text())["class_allow_list"]
             assert allow.count("nvflare_gia.") == 1 and allow.count("nvflare.") == 1
-        assert _processes_mentioning(workspace) == []
+        assert processes_mentioning(workspace) == []
     finally:
         poc.clean(workspace)
     assert not workspace.exists()

@@ -21,10 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -45,39 +41,6 @@ JOB_TIMEOUT_S = 400
 STOP_TIMEOUT_S = 90
 
 logger = logging.getLogger(__name__)
-
-
-@pytest.fixture
-def poc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("NVFLARE_POC_WORKSPACE", raising=False)
-    return home
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _processes_mentioning(path: Path) -> list[tuple[int, str]]:
-    """Live processes (other than this one) whose command line contains ``path``."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if proc.info["pid"] != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE and str(path) in cmdline:
-            found.append((proc.info["pid"], cmdline))
-    return found
-
-
-def _admin(workspace: Path, *args: str, timeout_s: float) -> subprocess.CompletedProcess:
-    """An admin step in its own process, as ``poc/*.sh`` and ``test_poc_cycle.py`` run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "nvflare_gia.flare.poc", "-w", str(workspace), *args],
-        capture_output=True, text=True, timeout=timeout_s + 120, check=False,
-    )
 
 
 def _job(folder: Path, nih_cxr_path: Path) -> Path:
@@ -127,26 +90,28 @@ def _kill_site(workspace: Path, site: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_poc_job_completes_without_a_killed_site_and_widget_records_it_missing(tmp_path: Path, poc_home: Path, nih_cxr_path: Path) -> None:
+def test_poc_job_completes_without_a_killed_site_and_widget_records_it_missing(
+    tmp_path: Path, poc_home: Path, nih_cxr_path: Path, free_port: int, poc_admin, processes_mentioning
+) -> None:
     workspace = tmp_path / "ws"
     job = _job(tmp_path / "fedavg_cxr_audit", nih_cxr_path)
     started = time.monotonic()
     try:
-        poc.prepare(workspace, N_CLIENTS, port=_free_port())
+        poc.prepare(workspace, N_CLIENTS, port=free_port)
         _set_heart_beat_timeout(workspace, HEART_BEAT_TIMEOUT_S)
         poc.start(workspace, timeout_s=START_TIMEOUT_S)
-        submitted = _admin(workspace, "submit", str(job), timeout_s=60)
+        submitted = poc_admin(workspace, "submit", str(job), timeout_s=60)
         assert submitted.returncode == 0, submitted.stderr[-2000:]
         job_id = submitted.stdout.strip().splitlines()[-1]
 
         _wait_for(poc.prod_dir(workspace) / "server" / job_id / "log.txt", "Round 0 started.", ROUND_0_TIMEOUT_S)
         killed = _kill_site(workspace, KILLED)
         assert len(killed) == 3, f"expected watchdog, client and job processes of {KILLED}, killed {killed}"
-        assert _processes_mentioning(poc.prod_dir(workspace) / KILLED) == [], f"{KILLED} still runs"
+        assert processes_mentioning(poc.prod_dir(workspace) / KILLED) == [], f"{KILLED} still runs"
 
-        waited = _admin(workspace, "wait", job_id, "--timeout", str(JOB_TIMEOUT_S), timeout_s=JOB_TIMEOUT_S)
+        waited = poc_admin(workspace, "wait", job_id, "--timeout", str(JOB_TIMEOUT_S), timeout_s=JOB_TIMEOUT_S)
         status = waited.stdout.strip().splitlines()[-1] if waited.stdout.strip() else waited.stderr[-2000:]
-        downloaded = _admin(workspace, "download", job_id, str(tmp_path / "out"), timeout_s=120)
+        downloaded = poc_admin(workspace, "download", job_id, str(tmp_path / "out"), timeout_s=120)
         assert downloaded.returncode == 0, downloaded.stderr[-2000:]
         run_dir = Path(downloaded.stdout.strip().splitlines()[-1]) / "workspace"
         server_log = (run_dir / "log.txt").read_text()
@@ -170,11 +135,11 @@ def test_poc_job_completes_without_a_killed_site_and_widget_records_it_missing(t
             assert missing["gia/status"] == "missing" and f"round {round_index}" in missing["reason"], missing
 
         assert poc.stop(workspace, timeout_s=STOP_TIMEOUT_S) == [], "the live sites did not shut down by themselves"
-        assert _processes_mentioning(workspace) == []
+        assert processes_mentioning(workspace) == []
     finally:
         try:
             poc.clean(workspace, timeout_s=STOP_TIMEOUT_S)
         finally:
             logger.warning("POC fault cycle took %.0f s", time.monotonic() - started)
-    assert _processes_mentioning(workspace) == []
+    assert processes_mentioning(workspace) == []
     assert not workspace.exists()
