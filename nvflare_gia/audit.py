@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from nvflare_gia.attack import GradientInversionAttack, ThreatModel
+from nvflare_gia.attack import AttackResult, GradientInversionAttack, ThreatModel
 from nvflare_gia.data import SiteData
-from nvflare_gia.metrics import evaluate_leakage
+from nvflare_gia.metrics import LeakageReport, evaluate_leakage
 
-__all__ = ["AuditTarget", "audit_update", "append_record", "save_reconstruction", "make_private_dir", "image_grid"]
+__all__ = ["AuditTarget", "audit_update", "score_reconstruction", "append_record", "save_reconstruction", "make_private_dir", "image_grid"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,40 @@ def save_reconstruction(
     return {"npz": str(out / "reconstruction.npz"), "png": str(out / "grid.png")}
 
 
+def score_reconstruction(
+    result: AttackResult,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    prior: np.ndarray | None = None,
+    classifier: torch.nn.Module | None = None,
+) -> LeakageReport:
+    """Score an attack's reconstruction against the client's training images (the attacked batch).
+
+    Args:
+        result: the attack's output.
+        images: the client's training images ``(N, C, H, W)`` in [0, 1].
+        labels: their labels ``(N,)``.
+        prior: the image the attack was given (None = flat gray), for RDLV.
+        classifier: a reference classifier for ``gia/attacker_accuracy``.
+
+    Returns:
+        The :class:`~nvflare_gia.metrics.LeakageReport`, with the attack's no-ground-truth residuals.
+    """
+    return evaluate_leakage(
+        result.images,
+        images,
+        prior=prior,
+        reconstructed_labels=result.labels,
+        true_labels=labels,
+        site_images=images,
+        ground_truth_indices=np.arange(len(images)),
+        update_residual=float(result.stats["update_residual"]),
+        bn_residual=float(result.stats["bn_residual"]),
+        classifier=classifier,
+    )
+
+
 def audit_update(
     target: AuditTarget,
     attack: GradientInversionAttack,
@@ -178,18 +212,7 @@ def audit_update(
     truth_images = truth_labels = None
     if truth is not None:
         truth_images, truth_labels = truth.train_images, truth.train_labels
-        report = evaluate_leakage(
-            result.images,
-            truth_images,
-            prior=prior,
-            reconstructed_labels=result.labels,
-            true_labels=truth_labels,
-            site_images=truth_images,
-            ground_truth_indices=np.arange(len(truth_images)),
-            update_residual=float(result.stats["update_residual"]),
-            bn_residual=float(result.stats["bn_residual"]),
-            classifier=classifier,
-        )
+        report = score_reconstruction(result, truth_images, truth_labels, prior=prior, classifier=classifier)
         record.update(report.to_dict())
         order = [gt for _, gt in report.matching]
         truth_images, truth_labels = truth_images[order], truth_labels[order]

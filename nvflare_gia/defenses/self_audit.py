@@ -36,11 +36,11 @@ import numpy as np
 import torch
 
 from nvflare_gia.attack import AttackConfig, DeviceName, GradientInversionAttack, ThreatModel
+from nvflare_gia.audit import score_reconstruction
 from nvflare_gia.defenses._checks import check_int, check_number, look_up_option
 from nvflare_gia.defenses._update import COUNTER_SUFFIX
 from nvflare_gia.defenses.base import DefenseContext
 from nvflare_gia.errors import DataError
-from nvflare_gia.metrics import evaluate_leakage
 from nvflare_gia.training import num_local_steps
 
 __all__ = [
@@ -314,16 +314,7 @@ class SelfAudit:
         _check_local_steps(update, threat)
         attack = GradientInversionAttack(cfg.attack_config())
         result = attack.reconstruct(global_state, update, threat)
-        report = evaluate_leakage(
-            result.images,
-            truth,
-            reconstructed_labels=result.labels,
-            true_labels=truth_labels,
-            site_images=truth,
-            ground_truth_indices=np.arange(len(truth)),
-            update_residual=float(result.stats["update_residual"]),
-            bn_residual=float(result.stats["bn_residual"]),
-        )
+        report = score_reconstruction(result, truth, truth_labels)
         metrics = {**result.to_dict(), **report.to_dict()}
         value = metrics.get(f"gia/{cfg.metric}")
         if value is None or not math.isfinite(float(value)):
