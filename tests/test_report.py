@@ -358,3 +358,13 @@ def test_report_module_does_not_import_nvflare(handmade_run, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"report imports nvflare modules: {result.stdout.strip()}"
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_bench_report_warns_when_the_undefended_model_did_not_learn(bench_json, tmp_path, learned):
+    content = json.loads(bench_json.read_text())
+    content["protocol"].update(model_learned=learned, majority_accuracy=0.5)
+    path = tmp_path / "learned.json"
+    path.write_text(json.dumps(content))
+    html_text = write_bench_report(path, tmp_path / "out").read_text(encoding="utf-8")
+    assert ("did not beat always predicting the majority class" in html_text) is (not learned)

@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 SITES = ("site-1", "site-2", "site-3", "site-4")
 HIGH_RISK_SITE = "site-1"
 RUN_KEYS = ("defense", "params", "accuracy", "f1", "ssim", "psnr", "mse", "rdlv", "attacker_accuracy", "filter_seconds")
+#: the undefended model must beat always predicting the test split's majority class by this much
+#: for "equal utility" to compare models that learned something
+LEARNED_MARGIN = 0.05
 
 #: defense name -> (module, defense class, config class)
 DEFENSE_FACTORIES: dict[str, tuple[str, str, str]] = {
@@ -283,7 +286,7 @@ def run_defense_benchmark(
         runs = [{k: v for k, v in per_seed[0].items() if k != "seed"} for per_seed in single]
     else:
         runs = [_mean_run(per_seed) for per_seed in single]
-    protocol = {"data": str(source), "rounds": rounds, "seed": seed, "seeds": seeds, "quick": quick}
+    protocol = {"data": str(source), "rounds": rounds, "seed": seed, "seeds": seeds, "quick": quick, **_learning_check(runs, spec)}
     if any(name in CALIBRATED for name in grid):
         protocol["self_audit"] = dict(BENCH_SELF_AUDIT)
     result = {"runs": runs, "equal_utility": equal_utility(runs), "protocol": protocol}
@@ -307,6 +310,23 @@ def _mean_run(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         mean[key] = float(np.mean(values)) if values else None
     mean["per_seed"] = per_seed
     return mean
+
+
+def _learning_check(runs: Sequence[Mapping[str, Any]], spec: DataSpec) -> dict[str, Any]:
+    """``majority_accuracy`` (accuracy of always predicting the test split's most common class) and
+    ``model_learned`` (the undefended accuracy beats it by :data:`LEARNED_MARGIN`); warns if not,
+    since equal-utility picks then compare noise."""
+    _, test_labels = load_test_data(spec)
+    majority = float(np.bincount(test_labels).max() / len(test_labels)) if len(test_labels) else float("nan")
+    baseline = next((run["accuracy"] for run in runs if run["defense"] == "none"), None)
+    learned = baseline is not None and baseline >= majority + LEARNED_MARGIN
+    if not learned:
+        logger.warning(
+            "the undefended model reached accuracy %s, not %.2f above always predicting the majority class (%.3f): "
+            "it did not learn, so equal-utility picks compare noise; use more rounds or --data where the model learns",
+            "n/a" if baseline is None else f"{baseline:.3f}", LEARNED_MARGIN, majority,
+        )
+    return {"majority_accuracy": majority, "model_learned": learned}
 
 
 def _nan(value: float | None) -> float:
