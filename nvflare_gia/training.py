@@ -16,7 +16,9 @@ from torch import nn
 
 from nvflare_gia.errors import ConfigError
 
-__all__ = ["OptimizerName", "TrainingConfig", "build_optimizer", "train_local", "evaluate", "macro_f1", "num_local_steps"]
+__all__ = [
+    "OptimizerName", "TrainingConfig", "build_optimizer", "train_local", "training_meta", "evaluate", "macro_f1", "num_local_steps",
+]
 
 
 class OptimizerName(str, enum.Enum):
@@ -126,6 +128,35 @@ def train_local(
             optimizer.step()
             steps += 1
     return steps
+
+
+def training_meta(config: TrainingConfig, model: str, images: np.ndarray | torch.Tensor, num_classes: int, batch_size: int) -> dict:
+    """The hyperparameters a client reports with its update under ``meta["gia_training"]``: what
+    an honest-but-curious server knows from the job anyway, and what the attack and the
+    data-aware defenses replay the round from.
+
+    Args:
+        config: the client's optimizer and schedule.
+        model: the network's name (see :func:`nvflare_gia.models.build_model`).
+        images: the client's training images ``(N, C, H, W)``.
+        num_classes: number of classes.
+        batch_size: the client's mini-batch size.
+
+    Returns:
+        The ``TrainingConfig`` fields plus ``batch_size``, ``num_images``, ``model``,
+        ``num_classes``, ``in_channels``, ``image_size`` and ``loss``.
+    """
+    shape = tuple(images.shape)
+    return {
+        **config.to_dict(),
+        "batch_size": int(batch_size),
+        "num_images": int(shape[0]),
+        "model": str(model),
+        "num_classes": int(num_classes),
+        "in_channels": int(shape[1]),
+        "image_size": int(shape[-1]),
+        "loss": "cross_entropy",
+    }
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from nvflare_gia.bench.defense_bench import build_defense
 from nvflare_gia.data import DataSpec, load_site_data
 from nvflare_gia.defenses import DefenseContext
 from nvflare_gia.models import build_model
-from nvflare_gia.training import TrainingConfig, train_local
+from nvflare_gia.training import TrainingConfig, train_local, training_meta
 
 __all__ = ["run_overhead_benchmark"]
 
@@ -85,13 +85,7 @@ def run_overhead_benchmark(*, json_path: str, repeats: int = 5, seed: int = 0, d
         epoch_seconds = _best_of(lambda: train_local(copy.deepcopy(model), site.train_images, site.train_labels, site.batch_size, training), repeats)
         steps = train_local(trained, site.train_images, site.train_labels, site.batch_size, training)
         update = {k: v.numpy() - global_state[k] for k, v in trained.state_dict().items()}
-        meta = {
-            "NUM_STEPS_CURRENT_ROUND": steps,
-            "gia_training": {
-                **training.to_dict(), "batch_size": site.batch_size, "num_images": len(site.train_labels), "model": model_name,
-                "num_classes": site.num_classes, "in_channels": 1, "image_size": int(site.train_images.shape[-1]),
-            },
-        }
+        meta = {"NUM_STEPS_CURRENT_ROUND": steps, "gia_training": training_meta(training, model_name, site.train_images, site.num_classes, site.batch_size)}
         context = DefenseContext.from_training_meta(meta, images=site.train_images, labels=site.train_labels, round_index=0)
         parameters = int(sum(v.size for v in global_state.values() if np.issubdtype(v.dtype, np.floating)))
         for name in ("shadow", "latent"):

@@ -21,7 +21,7 @@ import torch
 from nvflare_gia.data import DataSpec, load_site_data
 from nvflare_gia.errors import ConfigError
 from nvflare_gia.models import MODEL_NAMES, build_model
-from nvflare_gia.training import TrainingConfig, evaluate, train_local
+from nvflare_gia.training import TrainingConfig, evaluate, train_local, training_meta
 
 __all__ = ["GIA_TRAINING_META_KEY", "DEFAULT_DATA_SPEC_FILE", "parse_args", "resolve_data_spec", "main"]
 
@@ -91,16 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     model = build_model(args.model, num_classes=data.num_classes, in_channels=int(data.train_images.shape[1])).to(device)
     writer = SummaryWriter()
-    hyperparameters = {
-        **config.to_dict(),
-        "batch_size": int(data.batch_size),
-        "num_images": int(len(data.train_labels)),
-        "model": args.model,
-        "num_classes": int(data.num_classes),
-        "in_channels": int(data.train_images.shape[1]),
-        "image_size": int(data.train_images.shape[-1]),
-        "loss": "cross_entropy",
-    }
+    hyperparameters = training_meta(config, args.model, data.train_images, data.num_classes, data.batch_size)
     logger.info("%s: %d training images, batch %d, %s", site_name, len(data.train_labels), data.batch_size, config)
 
     while flare.is_running():

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from nvflare_gia.defenses import DefenseContext
 from nvflare_gia.models import SmallCNN
-from nvflare_gia.training import TrainingConfig, train_local
+from nvflare_gia.training import TrainingConfig, train_local, training_meta
 
 CXR_PATH = Path(__file__).resolve().parents[3] / "shared" / "data" / "nih_cxr1000_64.npz"
 
@@ -54,16 +54,7 @@ class Case:
         """The DXO meta the client script sends with this update."""
         return {
             "NUM_STEPS_CURRENT_ROUND": int(np.ceil(len(self.labels) / self.batch_size)),
-            "gia_training": {
-                **self.training.to_dict(),
-                "batch_size": self.batch_size,
-                "num_images": int(len(self.labels)),
-                "model": "small_cnn",
-                "num_classes": 2,
-                "in_channels": int(self.images.shape[1]),
-                "image_size": int(self.images.shape[-1]),
-                "loss": "cross_entropy",
-            },
+            "gia_training": training_meta(self.training, "small_cnn", self.images, 2, self.batch_size),
         }
 
 

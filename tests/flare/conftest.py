@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from nvflare.apis.fl_context import FLContext, FLContextManager
 from nvflare.apis.workspace import Workspace
+from nvflare.fuel.utils.component_builder import ComponentBuilder
 
-from nvflare_gia.data import DataSpec
+from nvflare_gia.data import DataSpec, load_site_data
 from nvflare_gia.flare.jobs import SimulatorRun, prepare_job, run_simulator
+from nvflare_gia.models import SmallCNN
+from nvflare_gia.training import TrainingConfig, train_local, training_meta
 
 
 def saved_global_model(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -67,3 +71,38 @@ def site_workspace():
     """``make(root, site, job_id) -> (engine, app config folder)``: :func:`_site_workspace` as a
     fixture (test modules cannot import conftest)."""
     return _site_workspace
+
+
+def _train_site_round(spec: DataSpec, site: str, round_index: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """``site``'s round as its client script runs it: ``SmallCNN(init_seed=0)`` trained one round
+    on the site's data; returns the global state, the update and the meta it sends (NumPy)."""
+    data = load_site_data(spec, site)
+    training = TrainingConfig()
+    model = SmallCNN(init_seed=0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    steps = train_local(model, data.train_images, data.train_labels, data.batch_size, training, round_index=round_index)
+    update = {k: (v - start[k]).numpy() for k, v in model.state_dict().items()}
+    meta = {
+        "NUM_STEPS_CURRENT_ROUND": steps,
+        "gia_training": training_meta(training, "small_cnn", data.train_images, data.num_classes, data.batch_size),
+    }
+    return {k: v.numpy() for k, v in start.items()}, update, meta
+
+
+@pytest.fixture(scope="session")
+def train_site_round():
+    """:func:`_train_site_round` as a fixture."""
+    return _train_site_round
+
+
+class _ScannerFreeBuilder(ComponentBuilder):
+    """FLARE's component builder without its module scanner: a ``path`` is imported as given."""
+
+    def get_module_scanner(self):
+        return None
+
+
+@pytest.fixture(scope="session")
+def build_component():
+    """``build(path, args) -> object``: a component built the way FLARE builds one from a job's JSON."""
+    return lambda path, args: _ScannerFreeBuilder().build_component({"path": path, "args": args})

@@ -26,7 +26,7 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
 from nvflare_gia.attack import AttackConfig
-from nvflare_gia.data import DataSpec, load_site_data
+from nvflare_gia.data import DataSpec
 from nvflare_gia.defenses.calibrated import CalibratedDefenseConfig, strength_ladder
 from nvflare_gia.defenses.self_audit import LeakageGateConfig, SelfAuditConfig
 from nvflare_gia.flare.audit_filters import (
@@ -36,8 +36,6 @@ from nvflare_gia.flare.audit_filters import (
     LeakageGateFilter,
 )
 from nvflare_gia.flare.filters import GIA_DEFENSE_META_KEY, GaussianNoiseFilter
-from nvflare_gia.models import SmallCNN
-from nvflare_gia.training import TrainingConfig, train_local
 
 SITE = "site-1"
 JOB_ID = "job-1"
@@ -66,32 +64,15 @@ class Site:
     large_batch: Round  # 8 images, batch 8 (LARGE_BATCH_SPEC)
 
 
-def _train(spec: DataSpec) -> Round:
-    data = load_site_data(spec, SITE)
-    training = TrainingConfig()
-    model = SmallCNN(init_seed=0)
-    start = copy.deepcopy(model.state_dict())
-    steps = train_local(model, data.train_images, data.train_labels, data.batch_size, training, round_index=ROUND)
-    update = {k: (v - start[k]).numpy() for k, v in model.state_dict().items()}
-    meta = {
-        "NUM_STEPS_CURRENT_ROUND": steps,
-        "gia_training": {
-            **training.to_dict(), "batch_size": data.batch_size, "num_images": int(len(data.train_labels)), "model": "small_cnn",
-            "num_classes": data.num_classes, "in_channels": 1, "image_size": int(data.train_images.shape[-1]), "loss": "cross_entropy",
-        },
-    }
-    return Round({k: v.numpy() for k, v in start.items()}, update, meta)
-
-
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, nih_cxr_path, site_workspace) -> Site:
+def site(tmp_path_factory, nih_cxr_path, site_workspace, train_site_round) -> Site:
     engine, config_dir = site_workspace(tmp_path_factory.mktemp("workspace"), SITE, JOB_ID)
     names = (SITE, "site-2", "site-3")
     high_risk = DataSpec(source=str(nih_cxr_path), scheme="tmi2023", site_names=names)
     large_batch = DataSpec(source=str(nih_cxr_path), scheme="even", batch_size=8, max_train_images=24, site_names=names)
     (config_dir / "gia_data.json").write_text(high_risk.to_json())
     (config_dir / LARGE_BATCH_SPEC).write_text(large_batch.to_json())
-    return Site(engine, _train(high_risk), _train(large_batch))
+    return Site(engine, Round(*train_site_round(high_risk, SITE, ROUND)), Round(*train_site_round(large_batch, SITE, ROUND)))
 
 
 def _context(site: Site) -> FLContext:
@@ -173,16 +154,10 @@ def test_core_self_audit_modules_do_not_import_nvflare():
 
 
 @pytest.mark.parametrize("filter_cls", [LeakageGateFilter, CalibratedDefenseFilter], ids=lambda c: c.__name__)
-def test_filters_build_from_a_json_component_config(filter_cls):
-    from nvflare.fuel.utils.component_builder import ComponentBuilder
-
-    class _Builder(ComponentBuilder):
-        def get_module_scanner(self):
-            return None
-
+def test_filters_build_from_a_json_component_config(filter_cls, build_component):
     path = f"nvflare_gia.flare.audit_filters.{filter_cls.__name__}"
-    assert isinstance(_Builder().build_component({"path": path, "args": {}}), filter_cls)
-    assert _Builder().build_component({"path": path, "args": {"max_iterations": 7}}).max_iterations == 7
+    assert isinstance(build_component(path, {}), filter_cls)
+    assert build_component(path, {"max_iterations": 7}).max_iterations == 7
 
 
 # ---------------------------------------------------------------------------------------- the gate

@@ -24,7 +24,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.app_common.app_constant import AppConstants
 
-from nvflare_gia.data import DataSpec, load_site_data
+from nvflare_gia.data import DataSpec
 from nvflare_gia.defenses import GaussianNoiseConfig, LaplacianNoiseConfig, LatentPerturbationConfig, ShadowModelConfig
 from nvflare_gia.errors import ConfigError
 from nvflare_gia.flare.filters import (
@@ -35,7 +35,6 @@ from nvflare_gia.flare.filters import (
     ShadowModelFilter,
 )
 from nvflare_gia.models import SmallCNN
-from nvflare_gia.training import TrainingConfig, train_local
 
 CXR_PATH = Path(__file__).resolve().parents[3] / "shared" / "data" / "nih_cxr1000_64.npz"
 SITE = "site-1"
@@ -72,33 +71,15 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, site_workspace) -> Site:
+def site(tmp_path_factory, site_workspace, train_site_round) -> Site:
     """A site-1 workspace with the job's data spec, and the update site-1's client script would send in round 3."""
     engine, config_dir = site_workspace(tmp_path_factory.mktemp("workspace"), SITE, JOB_ID)
     source = str(CXR_PATH) if CXR_PATH.is_file() else "synthetic"
     spec = DataSpec(source=source, scheme="tmi2023", site_names=(SITE, "site-2", "site-3"))
     (config_dir / "gia_data.json").write_text(spec.to_json())
 
-    data = load_site_data(spec, SITE)
-    training = TrainingConfig()
-    model = SmallCNN(init_seed=0)
-    start = copy.deepcopy(model.state_dict())
-    steps = train_local(model, data.train_images, data.train_labels, data.batch_size, training, round_index=ROUND)
-    update = {k: (v - start[k]).numpy() for k, v in model.state_dict().items()}
-    meta = {
-        "NUM_STEPS_CURRENT_ROUND": steps,
-        "gia_training": {
-            **training.to_dict(),
-            "batch_size": data.batch_size,
-            "num_images": int(len(data.train_labels)),
-            "model": "small_cnn",
-            "num_classes": data.num_classes,
-            "in_channels": 1,
-            "image_size": int(data.train_images.shape[-1]),
-            "loss": "cross_entropy",
-        },
-    }
-    return Site(engine, config_dir, {k: v.numpy() for k, v in start.items()}, update, meta)
+    global_state, update, meta = train_site_round(spec, SITE, ROUND)
+    return Site(engine, config_dir, global_state, update, meta)
 
 
 def _context(site: Site, task_id: str = TASK_ID) -> FLContext:
@@ -424,16 +405,10 @@ def test_noise_filter_after_a_data_aware_filter_keeps_both_records(site):
 
 
 @pytest.mark.parametrize("filter_cls", ALL_FILTERS, ids=lambda c: c.__name__)
-def test_filters_build_from_a_json_component_config(filter_cls):
-    from nvflare.fuel.utils.component_builder import ComponentBuilder
-
-    class _Builder(ComponentBuilder):
-        def get_module_scanner(self):
-            return None
-
+def test_filters_build_from_a_json_component_config(filter_cls, build_component):
     path = f"nvflare_gia.flare.filters.{filter_cls.__name__}"
-    assert isinstance(_Builder().build_component({"path": path, "args": {}}), filter_cls)
-    assert _Builder().build_component({"path": path, "args": {"seed": 3}}).seed == 3
+    assert isinstance(build_component(path, {}), filter_cls)
+    assert build_component(path, {"seed": 3}).seed == 3
 
 
 @pytest.mark.parametrize("filter_cls", ALL_FILTERS, ids=lambda c: c.__name__)

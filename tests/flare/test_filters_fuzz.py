@@ -81,7 +81,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.app_constant import AppConstants
 
-from nvflare_gia.data import DataSpec, load_site_data
+from nvflare_gia.data import DataSpec
 from nvflare_gia.defenses._update import is_bn_running_stat
 from nvflare_gia.flare.audit_filters import CalibratedDefenseFilter
 from nvflare_gia.flare.filters import (
@@ -91,8 +91,6 @@ from nvflare_gia.flare.filters import (
     LatentPerturbationFilter,
     ShadowModelFilter,
 )
-from nvflare_gia.models import SmallCNN
-from nvflare_gia.training import TrainingConfig, train_local
 
 FUZZ_EXAMPLES = int(os.environ.get("GIA_FUZZ_EXAMPLES", "10000"))
 #: Floor on the defended results of a full run (10,000 examples; reached: 3748, 3143, 1466, 1644).
@@ -189,7 +187,7 @@ def noise_worlds(tmp_path_factory, site_workspace) -> dict[str, World]:
 
 
 @pytest.fixture(scope="module")
-def data_worlds(tmp_path_factory, site_workspace) -> dict[str, World]:
+def data_worlds(tmp_path_factory, site_workspace, train_site_round) -> dict[str, World]:
     """SmallCNN on 8×8 images; site-1 of a TMI 2023 partition trains on one image, batch 1."""
     root = tmp_path_factory.mktemp("data_ws")
     engine, config_dir = site_workspace(root / "ws", SITE, JOB_ID)
@@ -205,26 +203,7 @@ def data_worlds(tmp_path_factory, site_workspace) -> dict[str, World]:
     spec = DataSpec(source=str(npz), scheme="tmi2023", site_names=(SITE, "site-2"))
     (config_dir / "gia_data.json").write_text(spec.to_json())
 
-    data = load_site_data(spec, SITE)
-    training = TrainingConfig()
-    model = SmallCNN(init_seed=0)
-    start = copy.deepcopy(model.state_dict())
-    steps = train_local(model, data.train_images, data.train_labels, data.batch_size, training, round_index=ROUND)
-    update = {k: (v - start[k]).numpy() for k, v in model.state_dict().items()}
-    meta = {
-        "NUM_STEPS_CURRENT_ROUND": steps,
-        "gia_training": {
-            **training.to_dict(),
-            "batch_size": data.batch_size,
-            "num_images": len(data.train_labels),
-            "model": "small_cnn",
-            "num_classes": data.num_classes,
-            "in_channels": 1,
-            "image_size": IMAGE_SIZE,
-            "loss": "cross_entropy",
-        },
-    }
-    global_state = {k: v.numpy() for k, v in start.items()}
+    global_state, update, meta = train_site_round(spec, SITE, ROUND)
     shadow = [
         ShadowModelFilter(seed=0, num_threads=1),
         ShadowModelFilter(saliency="input_gradient", budget=0.1, mask_fraction=1.0, seed=1, num_threads=1),
