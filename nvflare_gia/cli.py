@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     defenses.add_argument("--rounds", type=int, default=None)
     defenses.add_argument("--attack-seconds", type=float, default=None)
     defenses.add_argument("--defenses", nargs="+", default=None, help="subset: gaussian laplacian shadow latent calibrated_gaussian calibrated_shadow (none always runs)")
+    defenses.add_argument(
+        "--grid", nargs="+", default=None, metavar="DEFENSE:PARAM=V1,V2",
+        help="replace a defense's strengths, weakest first (e.g. shadow:budget=0.1,0.25 gaussian:sigma0=0.03,0.1); "
+             "without --defenses only the defenses named here run",
+    )
     defenses.add_argument("--seed", type=int, default=0)
     defenses.add_argument(
         "--seeds", type=int, default=1, help="repeat with seeds SEED, SEED+1, ... and report means (each seed attacks another high-risk image)"
@@ -184,12 +189,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_attack_benchmark(quick=args.quick, data=args.data, json_path=args.json, seconds=args.seconds, device=args.device)
         return 0
     if args.command == "bench" and args.bench_command == "defenses":
-        from nvflare_gia.bench.defense_bench import run_defense_benchmark
+        from nvflare_gia.bench.defense_bench import parse_grid, run_defense_benchmark
+        from nvflare_gia.errors import GIAError
 
-        run_defense_benchmark(
-            quick=args.quick, data=args.data, json_path=args.json, rounds=args.rounds,
-            attack_seconds=args.attack_seconds, defenses=args.defenses, seed=args.seed, seeds=args.seeds,
-        )
+        try:
+            run_defense_benchmark(
+                quick=args.quick, data=args.data, json_path=args.json, rounds=args.rounds, attack_seconds=args.attack_seconds,
+                defenses=args.defenses, seed=args.seed, seeds=args.seeds, grid=parse_grid(args.grid) if args.grid else None,
+            )
+        except GIAError as e:
+            logger.error("%s", e)
+            return 2
         return 0
     if args.command == "bench" and args.bench_command == "overhead":
         from nvflare_gia.bench.overhead_bench import run_overhead_benchmark

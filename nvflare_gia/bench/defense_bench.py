@@ -44,9 +44,9 @@ from nvflare_gia.defenses import DefenseContext
 from nvflare_gia.defenses.calibrated import CALIBRATION_PARAM, CalibrationError
 from nvflare_gia.errors import ConfigError
 from nvflare_gia.models import build_model
-from nvflare_gia.training import TrainingConfig, evaluate, train_local
+from nvflare_gia.training import TrainingConfig, evaluate, train_local, training_meta
 
-__all__ = ["DEFENSE_FACTORIES", "QUICK_GRID", "FULL_GRID", "run_defense_benchmark", "equal_utility"]
+__all__ = ["DEFENSE_FACTORIES", "QUICK_GRID", "FULL_GRID", "parse_grid", "run_defense_benchmark", "equal_utility"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,51 @@ FULL_GRID: dict[str, list[dict[str, Any]]] = {
     "calibrated_gaussian": [{"target": 0.1}, {"target": 0.0}],
     "calibrated_shadow": [{"target": 0.1}, {"target": 0.0}],
 }
+
+
+def parse_grid(entries: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Parse ``bench defenses --grid`` entries ``DEFENSE:PARAM=V1,V2,...`` into settings.
+
+    Each entry gives one defense one strength parameter and its values, weakest first (the
+    equal-utility pick is the last within tolerance); a defense named twice is an error. Values are
+    JSON numbers, ``true``/``false`` or bare strings.
+
+    Args:
+        entries: e.g. ``["shadow:budget=0.1,0.25", "gaussian:sigma0=0.03"]``.
+
+    Returns:
+        ``{defense: [{param: value}, ...]}``.
+
+    Raises:
+        ConfigError: for a malformed entry, an unknown defense, a defense given twice or an empty value.
+
+    Example:
+        >>> parse_grid(["shadow:budget=0.1,0.25"])
+        {'shadow': [{'budget': 0.1}, {'budget': 0.25}]}
+    """
+    grid: dict[str, list[dict[str, Any]]] = {}
+    allowed = sorted(set(QUICK_GRID) - {"none"})
+    for entry in entries:
+        name, _, assignment = str(entry).partition(":")
+        param, _, values = assignment.partition("=")
+        if not (name and param.strip() and values):
+            raise ConfigError(f"parse_grid: grid entries must look like DEFENSE:PARAM=V1,V2 (e.g. shadow:budget=0.1,0.25), got {entry!r}.")
+        if name not in allowed:
+            raise ConfigError(f"parse_grid: the defense of grid entry {entry!r} must be one of {allowed}, got {name!r}.")
+        if name in grid:
+            raise ConfigError(f"parse_grid: defense {name!r} is given twice in the grid; give one entry per defense.")
+        texts = values.split(",")
+        if any(not text.strip() for text in texts):
+            raise ConfigError(f"parse_grid: grid entry {entry!r} has an empty value.")
+        grid[name] = [{param.strip(): _grid_value(text.strip())} for text in texts]
+    return grid
+
+
+def _grid_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def build_defense(name: str, params: Mapping[str, Any], seed: int):
@@ -156,13 +201,7 @@ def _run_one(
             model.load_state_dict({k: torch.as_tensor(v) for k, v in global_state.items()})
             steps = train_local(model, site.train_images, site.train_labels, site.batch_size, training, round_index=round_index)
             update = {k: v - global_state[k] for k, v in _state(model).items()}
-            meta = {
-                "NUM_STEPS_CURRENT_ROUND": steps,
-                "gia_training": {
-                    **training.to_dict(), "batch_size": site.batch_size, "num_images": len(site.train_labels), "model": "small_cnn",
-                    "num_classes": num_classes, "in_channels": int(site.train_images.shape[1]), "image_size": int(site.train_images.shape[-1]),
-                },
-            }
+            meta = {"NUM_STEPS_CURRENT_ROUND": steps, "gia_training": training_meta(training, "small_cnn", site.train_images, num_classes, site.batch_size)}
             if defense is not None:
                 context = DefenseContext.from_training_meta(meta, images=site.train_images, labels=site.train_labels, round_index=round_index)
                 started = time.perf_counter()
@@ -232,6 +271,7 @@ def run_defense_benchmark(
     defenses: Sequence[str] | None = None,
     seed: int = 0,
     seeds: int = 1,
+    grid: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Run the privacy–utility benchmark and write ``json_path`` and a CSV beside it.
 
@@ -252,21 +292,35 @@ def run_defense_benchmark(
             holds the single runs, and the equal-utility picks compare means. One attacked image
             per seed makes single-seed leakage numbers noisy (on the quick protocol the
             undefended SSIM was 0.27–0.30 with seed 0 and 0.52–0.54 with seed 1).
+        grid: settings that replace the named defenses' grids (see :func:`parse_grid`), weakest
+            first; with ``defenses`` None only these defenses run (and ``none``). Every setting
+            is built once before any training, so a bad parameter fails at once.
 
     Returns:
         The JSON content.
     """
-    grid = QUICK_GRID if quick else FULL_GRID
+    settings_by_defense = dict(QUICK_GRID if quick else FULL_GRID)
     if defenses is not None:
-        unknown = sorted(set(defenses) - set(grid))
+        unknown = sorted(set(defenses) - set(settings_by_defense))
         if unknown:
-            raise ConfigError(f"run_defense_benchmark: defenses must be among {sorted(grid)}, got {unknown}.")
-        grid = {k: v for k, v in grid.items() if k in defenses or k == "none"}
+            raise ConfigError(f"run_defense_benchmark: defenses must be among {sorted(settings_by_defense)}, got {unknown}.")
+    if grid:
+        benchmarked = set(defenses) if defenses is not None else set(settings_by_defense) - {"none"}
+        outside = sorted(set(grid) - benchmarked)
+        if outside:
+            raise ConfigError(f"run_defense_benchmark: grid names defenses {outside} that are not benchmarked; they must be among {sorted(benchmarked)}.")
+        for name, settings in grid.items():
+            for params in settings:
+                build_defense(name, params, seed)  # raises ConfigError for a bad parameter now, not after hours
+        settings_by_defense.update({name: [dict(params) for params in settings] for name, settings in grid.items()})
+    chosen = defenses if defenses is not None else (list(grid) if grid else None)
+    if chosen is not None:
+        settings_by_defense = {k: v for k, v in settings_by_defense.items() if k in chosen or k == "none"}
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"run_defense_benchmark: seeds must be an integer >= 1, got {seeds!r}.")
     rounds = rounds or (5 if quick else 15)
     source = data or _default_data()
-    settings = [(name, params) for name, grid_settings in grid.items() for params in grid_settings]
+    settings = [(name, params) for name, grid_settings in settings_by_defense.items() for params in grid_settings]
     single: list[list[dict[str, Any]]] = [[] for _ in settings]
     logger.info("%-10s %-22s %4s %8s %6s %6s %6s %7s %6s %8s", "defense", "params", "seed", "accuracy", "f1", "ssim", "rdlv", "psnr", "att.acc", "filter_s")
     for run_seed in range(seed, seed + seeds):
@@ -287,7 +341,7 @@ def run_defense_benchmark(
     else:
         runs = [_mean_run(per_seed) for per_seed in single]
     protocol = {"data": str(source), "rounds": rounds, "seed": seed, "seeds": seeds, "quick": quick, **_learning_check(runs, spec)}
-    if any(name in CALIBRATED for name in grid):
+    if any(name in CALIBRATED for name in settings_by_defense):
         protocol["self_audit"] = dict(BENCH_SELF_AUDIT)
     result = {"runs": runs, "equal_utility": equal_utility(runs), "protocol": protocol}
     out = Path(json_path)
