@@ -817,8 +817,8 @@ def write_bench_report(bench_json: str | os.PathLike, out_dir: str | os.PathLike
     if isinstance(protocol, Mapping) and protocol:
         page.paragraph("Protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items()) + ".", css="meta")
         if protocol.get("model_learned") is False:
-            page.paragraph(f"Warning: the undefended model did not beat always predicting the majority class "
-                           f"(accuracy {protocol.get('majority_accuracy')}) by 5 points, so accuracy differences are noise "
+            page.paragraph(f"Warning: the undefended model did not clearly beat always predicting the majority class "
+                           f"(accuracy {protocol.get('majority_accuracy')}), so accuracy differences are noise "
                            "and the equal-utility picks say little; rerun with more rounds or on data where the model learns.")
     runs = content.get("runs") or []
     if runs:

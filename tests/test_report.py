@@ -367,4 +367,4 @@ def test_bench_report_warns_when_the_undefended_model_did_not_learn(bench_json, 
     path = tmp_path / "learned.json"
     path.write_text(json.dumps(content))
     html_text = write_bench_report(path, tmp_path / "out").read_text(encoding="utf-8")
-    assert ("did not beat always predicting the majority class" in html_text) is (not learned)
+    assert ("did not clearly beat always predicting the majority class" in html_text) is (not learned)
