@@ -144,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     defenses.add_argument("--data", default=None)
     defenses.add_argument("--json", required=True)
     defenses.add_argument("--rounds", type=int, default=None)
-    defenses.add_argument("--attack-seconds", type=float, default=None)
+    budget = defenses.add_mutually_exclusive_group()
+    budget.add_argument("--attack-seconds", type=float, default=None, help="wall-clock budget of each attack (default 30 with --quick, else 60)")
+    budget.add_argument(
+        "--attack-iterations", type=int, default=None, metavar="N",
+        help="instead of seconds, N iterations per attack restart with no time limit: the same leakage numbers on every rerun",
+    )
     defenses.add_argument("--defenses", nargs="+", default=None, help="subset: gaussian laplacian shadow latent calibrated_gaussian calibrated_shadow (none always runs)")
     defenses.add_argument(
         "--grid", nargs="+", default=None, metavar="DEFENSE:PARAM=V1,V2",
@@ -195,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             run_defense_benchmark(
                 quick=args.quick, data=args.data, json_path=args.json, rounds=args.rounds, attack_seconds=args.attack_seconds,
-                defenses=args.defenses, seed=args.seed, seeds=args.seeds, grid=parse_grid(args.grid) if args.grid else None,
+                attack_iterations=args.attack_iterations, defenses=args.defenses, seed=args.seed, seeds=args.seeds, grid=parse_grid(args.grid) if args.grid else None,
             )
         except GIAError as e:
             logger.error("%s", e)
