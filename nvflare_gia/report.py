@@ -109,6 +109,14 @@ def format_metric(key: str, value: Any) -> str:
     return format(float(value), METRIC_FORMATS.get(name, ".4g"))
 
 
+def _with_stderr(run: Mapping[str, Any], key: str) -> str:
+    """``format_metric`` of ``run[key]``, followed by ``± stderr`` when the run has one for ``key``."""
+    text = format_metric(key, run.get(key))
+    stderr = run.get("stderr")
+    error = _number(stderr.get(key)) if isinstance(stderr, Mapping) else None
+    return text if error is None or text == _MISSING else f"{text} ± {format_metric(key, error)}"
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         return None
@@ -843,9 +851,11 @@ def write_bench_report(bench_json: str | os.PathLike, out_dir: str | os.PathLike
             return "yes" if isinstance(pick, Mapping) and pick.get("params") == run.get("params") else ""
 
         page.heading("Runs")
+        if any(isinstance(r.get("stderr"), Mapping) for r in runs):
+            page.paragraph("Values are means over the seeds; ± gives the standard error over the seeds.")
         page.table(
             headers,
-            [[r["defense"], _params_text(r.get("params"), r["defense"]), *(format_metric(k, r.get(k)) for k in keys), pick_text(r)] for r in runs],
+            [[r["defense"], _params_text(r.get("params"), r["defense"]), *(_with_stderr(r, k) for k in keys), pick_text(r)] for r in runs],
             table_id="runs", keys=["defense", "params", *keys, "equal_utility"],
         )
     overhead = content.get("overhead") or []

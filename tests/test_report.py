@@ -368,3 +368,18 @@ def test_bench_report_warns_when_the_undefended_model_did_not_learn(bench_json, 
     path.write_text(json.dumps(content))
     html_text = write_bench_report(path, tmp_path / "out").read_text(encoding="utf-8")
     assert ("did not clearly beat always predicting the majority class" in html_text) is (not learned)
+
+
+def test_bench_report_gives_the_standard_error_of_runs_over_several_seeds(bench_json, tmp_path):
+    content = json.loads(bench_json.read_text())
+    run = content["runs"][1]
+    run["stderr"] = {"accuracy": 0.0123, "ssim": 0.0456, "rdlv": None}
+    path = tmp_path / "seeds.json"
+    path.write_text(json.dumps(content))
+    html_text = write_bench_report(path, tmp_path / "out").read_text(encoding="utf-8")
+    rows = [dict(r["cells"]) for r in _tables(html_text)["runs"]["rows"]]
+    assert rows[1]["accuracy"] == f"{format_metric('accuracy', run['accuracy'])} ± {format_metric('accuracy', 0.0123)}"
+    assert rows[1]["ssim"] == f"{format_metric('ssim', run['ssim'])} ± {format_metric('ssim', 0.0456)}"
+    assert rows[1]["rdlv"] == format_metric("rdlv", run["rdlv"])  # no standard error: the mean alone
+    assert rows[0]["ssim"] == format_metric("ssim", content["runs"][0]["ssim"])  # a run without stderr
+    assert "standard error over the seeds" in html_text

@@ -26,7 +26,9 @@ def test_bench_with_two_seeds_reports_the_mean_of_two_real_runs(tmp_path, write_
         assert [single["seed"] for single in per_seed] == [3, 4]
         assert all(single["defense"] == run["defense"] and single["params"] == run["params"] for single in per_seed)
         for key in NUMBERS:
-            assert run[key] == pytest.approx(np.mean([single[key] for single in per_seed])), key
+            values = [single[key] for single in per_seed]
+            assert run[key] == pytest.approx(np.mean(values)), key
+            assert run["stderr"][key] == pytest.approx(abs(values[0] - values[1]) / 2), key  # std(ddof=1)/sqrt(2) of two values
     # each seed partitions the data anew, so the attacked high-risk image (and its leakage) differs
     undefended = result["runs"][0]["per_seed"]
     assert undefended[0]["ssim"] != undefended[1]["ssim"]
@@ -45,6 +47,7 @@ def test_mean_run_leaves_out_blocked_seeds():
     sent = {**blocked, "ssim": 0.2, "psnr": 12.0, "mse": 0.05, "rdlv": -0.1, "attacker_accuracy": 1.0, "accuracy": 0.7, "seed": 1}
     mean = _mean_run([blocked, sent])
     assert mean["accuracy"] == pytest.approx(0.6) and mean["ssim"] == 0.2 and mean["attacker_accuracy"] == 1.0
+    assert mean["stderr"]["accuracy"] == pytest.approx(0.1) and mean["stderr"]["ssim"] is None  # one seed sent an update
     assert _mean_run([blocked, blocked])["ssim"] is None
 
 
