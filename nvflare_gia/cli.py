@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--attack-iterations", type=int, default=None, metavar="N",
         help="instead of seconds, N iterations per attack restart with no time limit: the same leakage numbers on every rerun",
     )
-    defenses.add_argument("--defenses", nargs="+", default=None, help="subset: gaussian laplacian shadow latent calibrated_gaussian calibrated_shadow (none always runs)")
+    defenses.add_argument("--defenses", nargs="+", default=None, help="subset: gaussian laplacian shadow latent calibrated_gaussian calibrated_shadow calibrated_latent "
+                          "(none always runs; calibrated_latent only when named here)")
     defenses.add_argument(
         "--grid", nargs="+", default=None, metavar="DEFENSE:PARAM=V1,V2",
         help="replace a defense's strengths, weakest first (e.g. shadow:budget=0.1,0.25 gaussian:sigma0=0.03,0.1); "

@@ -10,6 +10,7 @@ import pytest
 from nvflare_gia.bench.defense_bench import (
     BENCH_SELF_AUDIT,
     FULL_GRID,
+    OPT_IN,
     QUICK_GRID,
     RUN_KEYS,
     build_defense,
@@ -19,7 +20,10 @@ from nvflare_gia.bench.defense_bench import (
 from nvflare_gia.defenses.calibrated import CalibratedDefense
 
 
-@pytest.mark.parametrize(("name", "wrapped", "strength"), [("calibrated_gaussian", "gaussian", "sigma0"), ("calibrated_shadow", "shadow", "budget")])
+@pytest.mark.parametrize(
+    ("name", "wrapped", "strength"),
+    [("calibrated_gaussian", "gaussian", "sigma0"), ("calibrated_shadow", "shadow", "budget"), ("calibrated_latent", "latent", "epsilon")],
+)
 def test_calibrated_defenses_build_with_the_bench_self_audit_budget(name, wrapped, strength):
     defense = build_defense(name, {"target": 0.1}, seed=3)
     assert isinstance(defense, CalibratedDefense) and defense.strength_name == strength
@@ -31,7 +35,7 @@ def test_calibrated_defenses_build_with_the_bench_self_audit_budget(name, wrappe
 
 def test_grids_list_calibrated_targets_weakest_first():
     for grid in (QUICK_GRID, FULL_GRID):
-        for name in ("calibrated_gaussian", "calibrated_shadow"):
+        for name in ("calibrated_gaussian", "calibrated_shadow", "calibrated_latent"):
             targets = [params["target"] for params in grid[name]]
             assert targets == sorted(targets, reverse=True)
     assert len(QUICK_GRID["calibrated_gaussian"]) == 1 and len(FULL_GRID["calibrated_gaussian"]) == 2
@@ -64,3 +68,34 @@ def test_bench_runs_calibrated_gaussian_and_reports_the_run_keys(tmp_path, write
     assert json.loads(path.read_text())["runs"][-1]["defense"] == "calibrated_gaussian"
     with open(path.with_suffix(".csv"), newline="") as f:
         assert [row["defense"] for row in csv.DictReader(f)] == ["none", "gaussian", "gaussian", "calibrated_gaussian"]
+
+
+def test_calibrated_latent_runs_only_when_named(tmp_path, write_small_npz):
+    assert OPT_IN == {"calibrated_latent"} and OPT_IN <= set(QUICK_GRID)
+    data = str(write_small_npz(tmp_path, image_size=16))
+    named = [
+        run_defense_benchmark(quick=True, data=data, json_path=str(tmp_path / "named.json"), rounds=1, attack_iterations=5, defenses=["calibrated_latent"]),
+        run_defense_benchmark(
+            quick=True, data=data, json_path=str(tmp_path / "grid.json"), rounds=1, attack_iterations=5, grid={"calibrated_latent": [{"target": 0.1}]}
+        ),
+    ]
+    assert [(run["defense"], run["params"]) for run in named[0]["runs"]] == [("none", {}), ("calibrated_latent", {"target": 0.0})]
+    assert [(run["defense"], run["params"]) for run in named[1]["runs"]] == [("none", {}), ("calibrated_latent", {"target": 0.1})]
+    assert named[0]["runs"][1]["filter_seconds"] > 0 and named[0]["protocol"]["self_audit"] == BENCH_SELF_AUDIT
+
+
+def test_default_selection_leaves_out_opt_in_defenses(tmp_path, monkeypatch):
+    """Without defenses or grid every grid defense runs except the opt-in ones (no training: the runs are recorded)."""
+    import nvflare_gia.bench.defense_bench as bench
+
+    ran = []
+
+    def record(name, params, **_):
+        ran.append(name)
+        return {**{key: 0.5 for key in RUN_KEYS}, "defense": name, "params": dict(params)}
+
+    monkeypatch.setattr(bench, "_run_one", record)
+    monkeypatch.setattr(bench, "_reference_classifier", lambda *args, **kwargs: None)
+    run_defense_benchmark(quick=True, data="synthetic", json_path=str(tmp_path / "x.json"), rounds=1, attack_iterations=1)
+    assert set(ran) == set(QUICK_GRID) - OPT_IN
+    assert len(ran) == sum(len(settings) for name, settings in QUICK_GRID.items() if name not in OPT_IN)
