@@ -14,8 +14,8 @@ on every site with the grid's RDLV ``target``: each round the site searches the 
 ``sigma0`` / shadow ``budget`` / latent ``epsilon`` whose self-audited RDLV
 is at or under the target minus the default ``margin``. To keep ``--quick`` within its time limit the self-audit has a short, fixed
 budget (:data:`BENCH_SELF_AUDIT`: one restart of 300 iterations on one thread, about 2-3 s per
-try at batch 1 on an idle 2-core machine, deterministic; a ladder factor of 4, so at most 6 tries
-per round for the default strength ranges) and audits only the high-risk site (``max_images=1``);
+audit at batch 1 on an idle 2-core machine, deterministic; a ladder factor of 4, so at most 6 tries
+per round for the default strength ranges, plus the default one confirmation of each rung that passes) and audits only the high-risk site (``max_images=1``);
 the other sites are not audited and get the ladder's weakest strength, as the filter does for
 clients above ``max_images``. The audit is therefore much weaker than the
 server's attack (30 s or 60 s, several restarts), which is what the margin is for. An update whose calibration fails (no strength meets the target) is left out of that

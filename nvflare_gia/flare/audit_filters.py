@@ -185,6 +185,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         min_strength: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         max_strength: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         ladder_factor: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
+        confirmations: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         total_seconds: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         max_images: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         max_seconds: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
@@ -212,6 +213,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         min_strength: float | None = CalibratedDefenseConfig.min_strength,
         max_strength: float | None = CalibratedDefenseConfig.max_strength,
         ladder_factor: float = CalibratedDefenseConfig.ladder_factor,
+        confirmations: int = CalibratedDefenseConfig.confirmations,
         total_seconds: float | None = CalibratedDefenseConfig.total_seconds,
         max_images: int = CalibratedDefenseConfig.max_images,
         max_seconds: float | None = CalibratedDefenseConfig.max_seconds,
@@ -230,6 +232,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         self.min_strength = min_strength
         self.max_strength = max_strength
         self.ladder_factor = ladder_factor
+        self.confirmations = confirmations
         self.total_seconds = total_seconds
         self.max_images = max_images
         self.max_seconds = max_seconds
@@ -246,7 +249,8 @@ class CalibratedDefenseFilter(DefenseFilter):
         return CalibratedDefense(
             CalibratedDefenseConfig(
                 defense=self.defense, target=self.target, margin=self.margin, metric=self.metric, min_strength=self.min_strength,
-                max_strength=self.max_strength, ladder_factor=self.ladder_factor, total_seconds=self.total_seconds,
+                max_strength=self.max_strength, ladder_factor=self.ladder_factor, confirmations=self.confirmations,
+                total_seconds=self.total_seconds,
                 max_images=self.max_images, max_seconds=self.max_seconds, max_iterations=self.max_iterations,
                 restarts=self.restarts, attack_seed=self.attack_seed, device=self.device, num_threads=self.num_threads,
                 seed=self.seed,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -60,8 +62,13 @@ def test_calibrated_defense_sends_the_update_it_audited(high_risk_case):
     outcome = CalibratedDefense(config).apply(case.update, global_state=case.global_state, context=case.context())
     calibration = outcome.params["gia_calibration"]
     assert calibration["status"] == "audited" and calibration["num_tries"] == 1 and calibration["strength"] == 0.1
-    again = SelfAudit(config.audit_config()).run(case.global_state, outcome.update, _threat(case), case.images, case.labels)
-    assert again.value == calibration["value"]
+    # the rung passed its audit and one confirmation with the next attack seed; the record keeps the larger
+    again = [
+        SelfAudit(config.audit_config(index)).run(case.global_state, outcome.update, _threat(case), case.images, case.labels).value
+        for index in range(1 + config.confirmations)
+    ]
+    assert config.confirmations == 1 and calibration["tries"][0]["audits"] == again
+    assert calibration["value"] == max(again)
     for key, value in case.update.items():
         assert outcome.update[key].dtype == value.dtype
         if value.dtype.kind == "f":
@@ -116,3 +123,38 @@ def test_calibrated_latent_defense_wraps_the_latent_perturbation(high_risk_case)
 def test_calibrated_config_rejects_an_empty_strength_range():
     with pytest.raises(ConfigError, match=r"max_strength must be > min_strength \(2.0 for 'gaussian'\), got 1.0"):
         CalibratedDefenseConfig(min_strength=2.0, max_strength=1.0)
+
+
+class _FixedAudit:
+    """Stands in for ``SelfAudit``: returns preset values in turn (tests the ladder, not the attack)."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def run(self, *args):
+        return SimpleNamespace(value=self.values.pop(0))
+
+
+@pytest.mark.parametrize(
+    ("confirmations", "first", "confirming", "strength", "audits"),
+    [
+        (1, [-0.5, -0.3], [0.2, -0.1], 0.2, [[-0.5, 0.2], [-0.3, -0.1]]),  # rung 0.1 passes once, fails its confirmation: the ladder climbs
+        (1, [0.4, -0.5], [-0.6], 0.2, [[0.4], [-0.5, -0.6]]),  # a failed first audit is not confirmed
+        (0, [-0.5], [], 0.1, [[-0.5]]),  # no confirmation: the first pass is taken
+    ],
+)
+def test_a_passing_rung_must_also_pass_its_confirmations(high_risk_case, confirmations, first, confirming, strength, audits):
+    case = high_risk_case
+    config = CalibratedDefenseConfig(target=0.0, margin=0.0, min_strength=0.1, max_strength=0.4, confirmations=confirmations, seed=0, **SHORT)
+    defense = CalibratedDefense(config)
+    defense._audits = [_FixedAudit(first), _FixedAudit(confirming)][: 1 + confirmations]
+    calibration = defense.apply(case.update, global_state=case.global_state, context=case.context()).params["gia_calibration"]
+    assert calibration["strength"] == strength
+    assert [t["audits"] for t in calibration["tries"]] == audits
+    assert calibration["value"] == max(audits[-1])
+
+
+@pytest.mark.parametrize("confirmations", [-1, 1.5, True])
+def test_calibrated_config_rejects_bad_confirmations(confirmations):
+    with pytest.raises((ConfigError, TypeError), match="confirmations"):
+        CalibratedDefenseConfig(confirmations=confirmations)
