@@ -1,6 +1,6 @@
 """Each defense job, run in FLARE's simulator, lowers what the server's attack recovers.
 
-The audit job (no defense) and the four defense jobs run one round with the same seeds on the
+The audit job (no defense), the four defense jobs and the calibrated job run one round with the same seeds on the
 real chest X-rays; the widget attacks the high-risk site (one image, batch 1) with the same
 iteration budget, so the only difference between the runs is the client's result filter.
 """
@@ -22,20 +22,21 @@ DEFENSE_JOBS = ("fedavg_cxr_gaussian", "fedavg_cxr_laplacian", "fedavg_cxr_shado
 ATTACK = {"clients": [HIGH_RISK_SITE], "max_seconds": 600.0, "max_iterations": 1500, "restarts": 1, "seed": 0, "end_run_wait_s": 600.0}
 
 
-def _seed_result_filters(job: Path, seed: int) -> None:
-    """Fix the seed of every result filter (the shipped jobs leave it None: fresh noise each round)."""
+def _set_result_filter_args(job: Path, **args) -> None:
+    """Override arguments of every result filter, e.g. fix the seed (the shipped jobs leave it None:
+    fresh noise each round)."""
     config_path = job / "app" / "config" / "config_fed_client.json"
     config = json.loads(config_path.read_text())
     for chain in config["task_result_filters"]:
         for result_filter in chain["filters"]:
-            result_filter.setdefault("args", {})["seed"] = seed
+            result_filter.setdefault("args", {}).update(args)
     config_path.write_text(json.dumps(config, indent=4))
 
 
-def _high_risk_record(job_name: str, root, nih_cxr_path) -> dict:
+def _high_risk_record(job_name: str, root, nih_cxr_path, **filter_args) -> dict:
     spec = DataSpec(source=str(nih_cxr_path), max_train_images=40)
     job = prepare_job(job_name, root / job_name / "job", num_rounds=1, data_spec=spec, component_args={"gia_widget": ATTACK})
-    _seed_result_filters(job, seed=0)
+    _set_result_filter_args(job, seed=0, **filter_args)
     run = run_simulator(job, root / job_name / "ws", timeout_s=900)
     assert run.returncode == 0, run.log_tail
     lines = (run.server_run_dir / "gia" / METRICS_FILE).read_text().splitlines()
@@ -54,4 +55,13 @@ def undefended(tmp_path_factory, nih_cxr_path) -> dict:
 def test_defense_job_lowers_the_widgets_ssim_on_the_high_risk_site(job_name, undefended, tmp_path, nih_cxr_path):
     defended = _high_risk_record(job_name, tmp_path, nih_cxr_path)
     print(f"{job_name}: SSIM {defended['gia/ssim']:.3f} vs {undefended['gia/ssim']:.3f}, PSNR {defended['gia/psnr']:.2f} vs {undefended['gia/psnr']:.2f}")
+    assert defended["gia/ssim"] < undefended["gia/ssim"]
+
+
+@pytest.mark.slow
+def test_calibrated_job_sends_the_high_risk_update_and_lowers_the_widgets_ssim(undefended, tmp_path, nih_cxr_path):
+    """The self-audited shadow defense finds a strength that meets its target (the update is not
+    blocked) and the server's attack recovers less; the audits get a fixed budget, so the run is deterministic."""
+    defended = _high_risk_record("fedavg_cxr_calibrated", tmp_path, nih_cxr_path, max_seconds=None, max_iterations=300, restarts=1)
+    print(f"fedavg_cxr_calibrated: SSIM {defended['gia/ssim']:.3f} vs {undefended['gia/ssim']:.3f}")
     assert defended["gia/ssim"] < undefended["gia/ssim"]
