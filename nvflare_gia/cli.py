@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace a defense's strengths, weakest first (e.g. shadow:budget=0.1,0.25 gaussian:sigma0=0.03,0.1); "
              "without --defenses only the defenses named here run",
     )
+    defenses.add_argument(
+        "--audit-rounds", default="last", metavar="last|all",
+        help="attack the high-risk site's update of the last round (default) or of every round and average (rounds x the attack time)",
+    )
     defenses.add_argument("--seed", type=int, default=0)
     defenses.add_argument(
         "--seeds", type=int, default=1, help="repeat with seeds SEED, SEED+1, ... and report means (each seed attacks another high-risk image)"
@@ -202,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_defense_benchmark(
                 quick=args.quick, data=args.data, json_path=args.json, rounds=args.rounds, attack_seconds=args.attack_seconds,
                 attack_iterations=args.attack_iterations, defenses=args.defenses, seed=args.seed, seeds=args.seeds, grid=parse_grid(args.grid) if args.grid else None,
+                audit_rounds=args.audit_rounds,
             )
         except GIAError as e:
             logger.error("%s", e)

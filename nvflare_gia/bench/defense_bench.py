@@ -6,7 +6,8 @@ The protocol of DESIGN.md, run in process with the same code the FLARE job runs 
 two small sites (8 images, batch 4) and a large site (the rest, batch 8); ``SmallCNN``; SGD lr 0.01,
 one local epoch. Every defense is applied on every site, as its job folder does. Utility is the
 final global model's accuracy and F1 on the test split; leakage is the attack on the high-risk
-site's defended update in the last round, scored against its true image.
+site's defended update in the last round (``audit_rounds="last"``) or in every round, averaged
+(``"all"``), scored against its true image.
 
 ``calibrated_gaussian``, ``calibrated_shadow`` and ``calibrated_latent`` (run only when named) run
 :class:`nvflare_gia.defenses.calibrated.CalibratedDefense` (what ``CalibratedDefenseFilter`` applies)
@@ -57,6 +58,8 @@ RUN_KEYS = ("defense", "params", "accuracy", "f1", "ssim", "psnr", "mse", "rdlv"
 #: the undefended model must beat always predicting the test split's majority class by this much
 #: for "equal utility" to compare models that learned something
 LEARNED_MARGIN = 0.05
+#: values of ``audit_rounds``: attack the high-risk site's update of the last round, or of every round
+AUDIT_ROUNDS = ("last", "all")
 
 #: defense name -> (module, defense class, config class)
 DEFENSE_FACTORIES: dict[str, tuple[str, str, str]] = {
@@ -192,6 +195,7 @@ def _run_one(
     attack: GradientInversionAttack,
     reference: torch.nn.Module,
     seed: int,
+    audit_rounds: str = "last",
 ) -> dict[str, Any]:
     sites = {name: load_site_data(spec, name) for name in SITES}
     test_images, test_labels = load_test_data(spec)
@@ -201,7 +205,7 @@ def _run_one(
     global_state = _state(model)
     defense = None if defense_name == "none" else build_defense(defense_name, params, seed)
     filter_seconds: list[float] = []
-    audited: AuditTarget | None = None
+    audited: list[AuditTarget] = []
     blocked = 0
     for round_index in range(rounds):
         updates = []
@@ -228,8 +232,8 @@ def _run_one(
                         "round %d %s: %s = %.4g (self-audited %s %.3f, %d tries, %.1f s)", round_index, name, calibration["strength_name"],
                         calibration["strength"], calibration["metric"], calibration["value"], calibration["num_tries"], calibration["seconds"],
                     )
-            if name == HIGH_RISK_SITE and round_index == rounds - 1:
-                audited = AuditTarget(name, round_index, copy.deepcopy(global_state), update, meta)
+            if name == HIGH_RISK_SITE and (audit_rounds == "all" or round_index == rounds - 1):
+                audited.append(AuditTarget(name, round_index, copy.deepcopy(global_state), update, meta))
             updates.append((update, steps))
         if updates:
             global_state = _fedavg(global_state, updates)
@@ -237,10 +241,7 @@ def _run_one(
     utility = evaluate(model, test_images, test_labels)
     if blocked:
         logger.warning("%s %s: %d site updates blocked over %d rounds", defense_name, json.dumps(dict(params)), blocked, rounds)
-    if audited is not None:
-        record = audit_update(audited, attack, truth=sites[HIGH_RISK_SITE], classifier=reference)
-    else:  # the high-risk site's last update was blocked: the server has nothing to attack
-        record = {f"gia/{key}": None for key in ("ssim", "psnr", "mse", "rdlv", "attacker_accuracy")}
+    record = _mean_leakage([audit_update(target, attack, truth=sites[HIGH_RISK_SITE], classifier=reference) for target in audited])
 
     return {
         "defense": defense_name,
@@ -253,7 +254,18 @@ def _run_one(
         "rdlv": record["gia/rdlv"],
         "attacker_accuracy": record["gia/attacker_accuracy"],
         "filter_seconds": float(np.mean(filter_seconds)) if filter_seconds else 0.0,
+        "audited_rounds": len(audited),
     }
+
+
+def _mean_leakage(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """The mean of each leakage metric over the audited rounds' records; None where no round has a
+    value (every audited update was blocked, so the server had nothing to attack)."""
+    mean: dict[str, float | None] = {}
+    for key in (f"gia/{name}" for name in ("ssim", "psnr", "mse", "rdlv", "attacker_accuracy")):
+        values = [record[key] for record in records if record.get(key) is not None]
+        mean[key] = float(np.mean(values)) if values else None
+    return mean
 
 
 def equal_utility(runs: Sequence[Mapping[str, Any]], tolerance: float = 0.01) -> dict[str, dict[str, Any]]:
@@ -281,6 +293,7 @@ def run_defense_benchmark(
     seeds: int = 1,
     grid: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     attack_iterations: int | None = None,
+    audit_rounds: str = "last",
 ) -> dict[str, Any]:
     """Run the privacy–utility benchmark and write ``json_path`` and a CSV beside it.
 
@@ -309,6 +322,11 @@ def run_defense_benchmark(
         grid: settings that replace the named defenses' grids (see :func:`parse_grid`), weakest
             first; with ``defenses`` None only these defenses run (and ``none``). Every setting
             is built once before any training, so a bad parameter fails at once.
+        audit_rounds: ``"last"`` attacks the high-risk site's update of the last round;
+            ``"all"`` attacks its update of every round (``rounds`` times the attack time) and
+            reports the mean over the rounds whose update was sent (``attacker_accuracy`` then is
+            the share of those reconstructions the reference classifier labelled correctly);
+            every run records how many it attacked under ``audited_rounds``.
 
     Returns:
         The JSON content.
@@ -317,6 +335,8 @@ def run_defense_benchmark(
         ConfigError: for an unknown defense, a bad grid or seeds value, or both attack budgets.
     """
     attack_budget = _attack_budget(attack_seconds, attack_iterations, quick)
+    if audit_rounds not in AUDIT_ROUNDS:
+        raise ConfigError(f"run_defense_benchmark: audit_rounds must be one of {list(AUDIT_ROUNDS)}, got {audit_rounds!r}.")
     settings_by_defense = dict(QUICK_GRID if quick else FULL_GRID)
     if defenses is not None:
         unknown = sorted(set(defenses) - set(settings_by_defense))
@@ -346,7 +366,7 @@ def run_defense_benchmark(
         reference = _reference_classifier(spec, run_seed, epochs=3 if quick else 8)
         for index, (name, params) in enumerate(settings):
             started = time.monotonic()
-            run = _run_one(name, params, spec=spec, rounds=rounds, attack=attack, reference=reference, seed=run_seed)
+            run = _run_one(name, params, spec=spec, rounds=rounds, attack=attack, reference=reference, seed=run_seed, audit_rounds=audit_rounds)
             single[index].append({**run, "seed": run_seed})
             logger.info(
                 "%-10s %-22s %4d %8.3f %6.3f %6.3f %6.3f %7.2f %6.2f %8.3f  (%.0f s)",
@@ -359,7 +379,8 @@ def run_defense_benchmark(
         runs = [_mean_run(per_seed) for per_seed in single]
     protocol = {
         "data": str(source), "rounds": rounds, "seed": seed, "seeds": seeds, "quick": quick,
-        "attack_seconds": attack_budget.get("max_seconds"), "attack_iterations": attack_iterations, **_learning_check(runs, spec),
+        "attack_seconds": attack_budget.get("max_seconds"), "attack_iterations": attack_iterations, "audit_rounds": audit_rounds,
+        **_learning_check(runs, spec),
     }
     if any(name in CALIBRATED for name in settings_by_defense):
         protocol["self_audit"] = dict(BENCH_SELF_AUDIT)
@@ -391,8 +412,8 @@ def _attack_budget(seconds: float | None, iterations: int | None, quick: bool) -
 def _mean_run(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """One setting's runs over several seeds: the mean of every number (None values, from blocked
     updates, left out; None if all are), its standard error over the seeds under ``stderr``
-    (sample standard deviation / sqrt(n); None with fewer than two values), and the single runs
-    under ``per_seed``."""
+    (sample standard deviation / sqrt(n); None with fewer than two values), the number of attacked
+    updates over the seeds under ``audited_rounds``, and the single runs under ``per_seed``."""
     mean: dict[str, Any] = {"defense": per_seed[0]["defense"], "params": per_seed[0]["params"]}
     stderr: dict[str, float | None] = {}
     for key in RUN_KEYS[2:]:
@@ -400,6 +421,7 @@ def _mean_run(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         mean[key] = float(np.mean(values)) if values else None
         stderr[key] = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
     mean["stderr"] = stderr
+    mean["audited_rounds"] = sum(run["audited_rounds"] for run in per_seed)
     mean["per_seed"] = per_seed
     return mean
 
