@@ -69,6 +69,7 @@ from nvflare_gia.defenses.self_audit import (
     SelfAudit,
     SelfAuditConfig,
     check_audit_options,
+    run_with_confirmations,
     threat_from_context,
 )
 from nvflare_gia.errors import ConfigError, DataError
@@ -356,11 +357,8 @@ class CalibratedDefense(Defense):
             outcome = self._build(strength, seed).apply(update, global_state=global_state, context=context)
             # Every audit gets its full attack budget: an attack cut short by the search budget would
             # be weaker and pass more easily, i.e. fail open. Confirmations run only while all pass.
-            values: list[float] = []
-            for audit in self._audits:
-                values.append(float(audit.run(global_state, outcome.update, threat, images, labels).value))
-                if values[-1] > threshold:
-                    break
+            results = run_with_confirmations(self._audits, threshold, global_state, outcome.update, threat, images, labels)
+            values = [float(result.value) for result in results]
             value = max(values)
             record["tries"].append({"strength": strength, "value": value, "audits": values, "seconds": time.perf_counter() - try_started})
             logger.info("%s: %s=%.4g gives %s=%s (needed <= %.4f)", owner, self._field, strength, cfg.metric, [round(v, 4) for v in values], threshold)

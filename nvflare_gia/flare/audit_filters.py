@@ -73,6 +73,7 @@ class LeakageGateFilter(DefenseFilter):
         metric: see :class:`nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         threshold: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         every_n_rounds: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
+        confirmations: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         max_images: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         max_seconds: attack budget of the audit, see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         max_iterations: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
@@ -93,6 +94,7 @@ class LeakageGateFilter(DefenseFilter):
         metric: str = LeakageGateConfig.metric,
         threshold: float = LeakageGateConfig.threshold,
         every_n_rounds: int = LeakageGateConfig.every_n_rounds,
+        confirmations: int = LeakageGateConfig.confirmations,
         max_images: int = LeakageGateConfig.max_images,
         max_seconds: float | None = LeakageGateConfig.max_seconds,
         max_iterations: int = LeakageGateConfig.max_iterations,
@@ -105,6 +107,7 @@ class LeakageGateFilter(DefenseFilter):
         self.metric = metric
         self.threshold = threshold
         self.every_n_rounds = every_n_rounds
+        self.confirmations = confirmations
         self.max_images = max_images
         self.max_seconds = max_seconds
         self.max_iterations = max_iterations
@@ -115,7 +118,7 @@ class LeakageGateFilter(DefenseFilter):
         self.data_spec = data_spec
         self._gate = LeakageGate(
             LeakageGateConfig(
-                metric=metric, threshold=threshold, every_n_rounds=every_n_rounds, max_images=max_images,
+                metric=metric, threshold=threshold, every_n_rounds=every_n_rounds, confirmations=confirmations, max_images=max_images,
                 max_seconds=max_seconds, max_iterations=max_iterations, restarts=restarts, seed=seed,
                 device=device, num_threads=num_threads,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -51,9 +52,31 @@ def test_gate_decision_compares_with_the_threshold(high_risk_case):
     args = (case.global_state, case.update, _threat(case), case.images, case.labels)
     strict = LeakageGate(LeakageGateConfig(threshold=-10.0, **SHORT)).check(*args, round_index=0)
     lenient = LeakageGate(LeakageGateConfig(threshold=10.0, **SHORT)).check(*args, round_index=0)
-    assert strict["passed"] is False and lenient["passed"] is True and strict["value"] == lenient["value"]
+    assert strict["passed"] is False and lenient["passed"] is True
+    # a failing first audit needs no confirmation; a passing one is confirmed with the next attack seed
+    assert len(strict["audits"]) == 1 and strict["value"] == strict["audits"][0] == lenient["audits"][0]
+    assert len(lenient["audits"]) == 2 and lenient["value"] == max(lenient["audits"])
     skipped = LeakageGate(LeakageGateConfig(every_n_rounds=3, **SHORT)).check(*args, round_index=4)
     assert skipped["status"] == "skipped" and skipped["passed"] is True
+
+
+def test_gate_blocks_when_a_confirmation_fails_although_the_first_audit_passed(high_risk_case):
+    case = high_risk_case
+    args = (case.global_state, case.update, _threat(case), case.images, case.labels)
+    values = {seed: SelfAudit(SelfAuditConfig(**SHORT, seed=seed)).run(*args).value for seed in range(6)}
+    assert len(set(values.values())) > 1  # other attack seeds, other reconstructions
+    # a first seed whose audit is not the largest of it and its two confirmations (seeds + 1, + 2)
+    seed = next(s for s in range(4) if values[s] < max(values[s + 1], values[s + 2]))
+    config = LeakageGateConfig(confirmations=2, seed=seed, **SHORT)
+    assert [config.audit_config(index).seed for index in range(3)] == [seed, seed + 1, seed + 2]
+    chain = [values[seed + index] for index in range(3)]
+    threshold = (chain[0] + max(chain)) / 2  # the first audit passes, a confirmation fails
+    decision = LeakageGate(dataclasses.replace(config, threshold=threshold)).check(*args, round_index=0)
+    failing = next(index for index, value in enumerate(chain) if value > threshold)
+    assert decision["passed"] is False and decision["audits"] == chain[: failing + 1]
+    assert decision["value"] == chain[failing]
+    unconfirmed = LeakageGate(dataclasses.replace(config, threshold=threshold, confirmations=0)).check(*args, round_index=0)
+    assert unconfirmed["passed"] is True and unconfirmed["audits"] == chain[:1]
 
 
 def test_calibrated_defense_sends_the_update_it_audited(high_risk_case):
