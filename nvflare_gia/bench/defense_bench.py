@@ -54,7 +54,9 @@ logger = logging.getLogger(__name__)
 
 SITES = ("site-1", "site-2", "site-3", "site-4")
 HIGH_RISK_SITE = "site-1"
-RUN_KEYS = ("defense", "params", "accuracy", "f1", "ssim", "psnr", "mse", "rdlv", "attacker_accuracy", "filter_seconds")
+#: the attack's leakage metrics on the high-risk site (``gia/<key>`` in an audit record)
+LEAKAGE_KEYS = ("ssim", "psnr", "mse", "rdlv", "attacker_accuracy")
+RUN_KEYS = ("defense", "params", "accuracy", "f1", *LEAKAGE_KEYS, "filter_seconds")
 #: the undefended model must beat always predicting the test split's majority class by this much
 #: for "equal utility" to compare models that learned something
 LEARNED_MARGIN = 0.05
@@ -241,29 +243,25 @@ def _run_one(
     utility = evaluate(model, test_images, test_labels)
     if blocked:
         logger.warning("%s %s: %d site updates blocked over %d rounds", defense_name, json.dumps(dict(params)), blocked, rounds)
-    record = _mean_leakage([audit_update(target, attack, truth=sites[HIGH_RISK_SITE], classifier=reference) for target in audited])
+    leakage = _mean_leakage([audit_update(target, attack, truth=sites[HIGH_RISK_SITE], classifier=reference) for target in audited])
 
     return {
         "defense": defense_name,
         "params": dict(params),
         "accuracy": utility["accuracy"],
         "f1": utility["f1"],
-        "ssim": record["gia/ssim"],
-        "psnr": record["gia/psnr"],
-        "mse": record["gia/mse"],
-        "rdlv": record["gia/rdlv"],
-        "attacker_accuracy": record["gia/attacker_accuracy"],
+        **leakage,
         "filter_seconds": float(np.mean(filter_seconds)) if filter_seconds else 0.0,
         "audited_rounds": len(audited),
     }
 
 
 def _mean_leakage(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
-    """The mean of each leakage metric over the audited rounds' records; None where no round has a
-    value (every audited update was blocked, so the server had nothing to attack)."""
+    """``{key: mean}`` of each of :data:`LEAKAGE_KEYS` over the audited rounds' records (``gia/<key>``);
+    None where no round has a value (every audited update was blocked: nothing to attack)."""
     mean: dict[str, float | None] = {}
-    for key in (f"gia/{name}" for name in ("ssim", "psnr", "mse", "rdlv", "attacker_accuracy")):
-        values = [record[key] for record in records if record.get(key) is not None]
+    for key in LEAKAGE_KEYS:
+        values = [record[f"gia/{key}"] for record in records if record.get(f"gia/{key}") is not None]
         mean[key] = float(np.mean(values)) if values else None
     return mean
 

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 
 from nvflare_gia.bench import defense_bench
-from nvflare_gia.bench.defense_bench import _mean_leakage, run_defense_benchmark
+from nvflare_gia.bench.defense_bench import LEAKAGE_KEYS, _mean_leakage, run_defense_benchmark
 from nvflare_gia.cli import main
 from nvflare_gia.errors import ConfigError
-
-LEAKAGE = ("ssim", "psnr", "mse", "rdlv", "attacker_accuracy")
 
 
 def test_every_round_is_attacked_and_the_last_one_matches_the_default(tmp_path, write_small_npz, monkeypatch):
@@ -38,7 +36,7 @@ def test_every_round_is_attacked_and_the_last_one_matches_the_default(tmp_path, 
     for index, (run, last_run) in enumerate(zip(every["runs"], last["runs"])):
         first_round, last_round = every_audits[2 * index][1], every_audits[2 * index + 1][1]
         assert run["audited_rounds"] == 2 and last_run["audited_rounds"] == 1
-        for key in LEAKAGE:
+        for key in LEAKAGE_KEYS:
             assert run[key] == pytest.approx((first_round[f"gia/{key}"] + last_round[f"gia/{key}"]) / 2), key
             # the fixed attack budget makes round 1's audit the same in both runs
             assert last_run[key] == pytest.approx(last_round[f"gia/{key}"]), key
@@ -49,10 +47,10 @@ def test_mean_leakage_leaves_out_blocked_rounds():
     sent = [{"gia/ssim": 0.2, "gia/psnr": 12.0, "gia/mse": 0.05, "gia/rdlv": -0.1, "gia/attacker_accuracy": 1.0},
             {"gia/ssim": 0.4, "gia/psnr": 14.0, "gia/mse": 0.03, "gia/rdlv": 0.3, "gia/attacker_accuracy": 0.0}]
     mean = _mean_leakage(sent)
-    assert mean == pytest.approx({"gia/ssim": 0.3, "gia/psnr": 13.0, "gia/mse": 0.04, "gia/rdlv": 0.1, "gia/attacker_accuracy": 0.5})
-    assert _mean_leakage([]) == {f"gia/{key}": None for key in LEAKAGE}  # every high-risk update was blocked
-    assert _mean_leakage([{**sent[0], "gia/attacker_accuracy": None}])["gia/attacker_accuracy"] is None
-    assert np.isclose(_mean_leakage(sent[:1])["gia/ssim"], 0.2)
+    assert mean == pytest.approx({"ssim": 0.3, "psnr": 13.0, "mse": 0.04, "rdlv": 0.1, "attacker_accuracy": 0.5})
+    assert _mean_leakage([]) == {key: None for key in LEAKAGE_KEYS}  # every high-risk update was blocked
+    assert _mean_leakage([{**sent[0], "gia/attacker_accuracy": None}])["attacker_accuracy"] is None
+    assert np.isclose(_mean_leakage(sent[:1])["ssim"], 0.2)
 
 
 @pytest.mark.parametrize("audit_rounds", ["every", "", None, 1, "ALL"])
