@@ -15,7 +15,7 @@ from torch import nn
 from nvflare_gia.defenses._update import COUNTER_SUFFIX, to_tensor
 from nvflare_gia.defenses.base import DefenseContext
 from nvflare_gia.errors import DataError
-from nvflare_gia.models import build_model
+from nvflare_gia.models import build_model_from_state
 from nvflare_gia.training import train_local
 
 __all__ = [
@@ -33,28 +33,13 @@ __all__ = [
 
 
 def build_shadow(global_state: Mapping[str, Any], context: DefenseContext, owner: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """A fresh network named by ``context`` holding the global weights, and those weights as tensors.
+    """A network named by ``context`` holding the global weights, and a separate copy of those weights.
 
     Raises:
         DataError: if the global state does not fit the network (the message names the keys).
     """
-    model = build_model(context.model, num_classes=context.num_classes, in_channels=context.in_channels)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in global_state]
-    unexpected = [k for k in global_state if k not in expected]
-    if missing or unexpected:
-        raise DataError(
-            f"{owner}: the global model does not fit network {context.model!r}: missing {missing[:5]}, unexpected {unexpected[:5]}."
-        )
-    tensors: dict[str, torch.Tensor] = {}
-    for key, reference in expected.items():
-        tensor = to_tensor(global_state[key], dtype=reference.dtype)
-        if tuple(tensor.shape) != tuple(reference.shape):
-            raise DataError(f"{owner}: global_state[{key!r}] has shape {tuple(tensor.shape)}; network {context.model!r} expects {tuple(reference.shape)}.")
-        tensors[key] = tensor
-    model.load_state_dict(tensors)
-    model.train()
-    return model, tensors
+    model = build_model_from_state(context.model, global_state, num_classes=context.num_classes, in_channels=context.in_channels, owner=owner)
+    return model, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def context_tensors(context: DefenseContext, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,8 +81,7 @@ def replay_update(
     Returns:
         ``{key: delta}`` for every state-dict entry (detached CPU tensors in the state's dtypes).
     """
-    model = build_model(context.model, num_classes=context.num_classes, in_channels=context.in_channels)
-    model.load_state_dict(dict(global_tensors))
+    model = build_model_from_state(context.model, global_tensors, num_classes=context.num_classes, in_channels=context.in_channels)
     net = model if wrap is None else wrap(model)
     train_local(net, images, labels, int(context.batch_size), context.training, round_index=int(context.round_index or 0))
     return {k: v.detach() - global_tensors[k] for k, v in model.state_dict().items()}

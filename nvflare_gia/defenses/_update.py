@@ -30,6 +30,7 @@ __all__ = [
     "copy_value",
     "validate_update",
     "squared_norm",
+    "squared_norm_float64",
 ]
 
 UpdateValue = np.ndarray | torch.Tensor
@@ -229,3 +230,8 @@ def squared_norm(values: Iterable[UpdateValue]) -> float:
     if not math.isfinite(total):
         raise DataError(f"squared_norm: the sum of squares must be finite, got {total!r}.")
     return total
+
+
+def squared_norm_float64(tensor: torch.Tensor) -> float:
+    """Sum of squares of ``tensor``'s entries accumulated in float64 (without a float64 copy of it)."""
+    return float(torch.linalg.vector_norm(tensor.detach(), dtype=torch.float64)) ** 2

@@ -58,7 +58,7 @@ from nvflare_gia.defenses._replay import (
     shifted,
     torch_threads,
 )
-from nvflare_gia.defenses._update import copy_value, is_perturbable, restore_like, to_tensor, validate_update
+from nvflare_gia.defenses._update import copy_value, is_perturbable, restore_like, squared_norm_float64, to_tensor, validate_update
 from nvflare_gia.defenses.base import Defense, DefenseContext, DefenseOutcome
 from nvflare_gia.errors import ConfigError, DataError
 
@@ -316,7 +316,7 @@ class LatentPerturbation(Defense):
         for key, value in update.items():
             if is_perturbable(key, value):
                 clean = to_tensor(value, dtype=torch.float64)
-                squared += float((replay[key].double() - clean).pow(2).sum())
+                squared += squared_norm_float64(replay[key].double() - clean)
                 out[key] = restore_like(replay[key], value)
             else:
                 out[key] = copy_value(value)

@@ -49,7 +49,7 @@ from torch import nn
 from nvflare_gia.defenses._checks import check_int, check_number, check_seed, look_up_option
 from nvflare_gia.defenses._noise import context_round
 from nvflare_gia.defenses._replay import build_shadow, check_step_counts, context_tensors, last_module_of, replay_update, torch_threads
-from nvflare_gia.defenses._update import copy_value, is_perturbable, restore_like, to_tensor, validate_update
+from nvflare_gia.defenses._update import copy_value, is_perturbable, restore_like, squared_norm_float64, to_tensor, validate_update
 from nvflare_gia.defenses.base import Defense, DefenseContext, DefenseOutcome
 from nvflare_gia.errors import ConfigError, DataError
 
@@ -290,8 +290,8 @@ class ShadowModelDefense(Defense):
         param_names = {name for name, _ in model.named_parameters()}
         clean = {k: to_tensor(update[k], dtype=_work_dtype(update[k])) for k in keys}
         direction = {k: replay[k].to(clean[k].dtype) - clean[k] for k in keys}
-        update_norm = math.sqrt(sum(float(clean[k].double().pow(2).sum()) for k in keys if k in param_names))
-        direction_norm = math.sqrt(sum(float(direction[k].double().pow(2).sum()) for k in keys if k in param_names))
+        update_norm = math.sqrt(sum(squared_norm_float64(clean[k]) for k in keys if k in param_names))
+        direction_norm = math.sqrt(sum(squared_norm_float64(direction[k]) for k in keys if k in param_names))
         if not (update_norm > 0 and direction_norm > 0 and math.isfinite(direction_norm)):
             raise DataError(
                 f"{owner}: cannot scale the perturbation: update norm {update_norm!r}, perturbation norm {direction_norm!r} "
@@ -303,7 +303,7 @@ class ShadowModelDefense(Defense):
         for key, value in update.items():
             if key in direction:
                 injected = scale * direction[key]
-                squared += float(injected.double().pow(2).sum())
+                squared += squared_norm_float64(injected)
                 out[key] = restore_like(clean[key] + injected, value)
             else:
                 out[key] = copy_value(value)

@@ -1,5 +1,5 @@
 """Networks: the benchmark ``SmallCNN`` and MONAI networks by name."""
 
-from nvflare_gia.models.networks import MODEL_NAMES, SmallCNN, build_model
+from nvflare_gia.models.networks import MODEL_NAMES, SmallCNN, build_model, build_model_from_state
 
-__all__ = ["MODEL_NAMES", "SmallCNN", "build_model"]
+__all__ = ["MODEL_NAMES", "SmallCNN", "build_model", "build_model_from_state"]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from nvflare_gia.errors import ConfigError
+from nvflare_gia.errors import ConfigError, DataError
 
-__all__ = ["SmallCNN", "MODEL_NAMES", "build_model"]
+__all__ = ["SmallCNN", "MODEL_NAMES", "build_model", "build_model_from_state"]
 
 
 class SmallCNN(nn.Module):
@@ -126,3 +128,51 @@ def build_model(name: str = "small_cnn", num_classes: int = 2, in_channels: int 
         raise ConfigError(f"build_model: name must be one of {list(MODEL_NAMES)}, got {name!r}.{hint}")
     with _seeded(init_seed):
         return _BUILDERS[key](int(num_classes), int(in_channels))
+
+
+def build_model_from_state(
+    name: str, state: Mapping[str, Any], num_classes: int = 2, in_channels: int = 1, *, owner: str = "build_model_from_state"
+) -> nn.Module:
+    """Build network ``name`` holding ``state``, without the random initialisation ``state`` replaces.
+
+    The network is built on PyTorch's ``meta`` device (shapes and dtypes only), given CPU memory,
+    and loaded with ``state``: a memory copy instead of the initialisation (about 65 ms for
+    ResNet-18 on a 2-core CPU, done twice per call by the data-aware defenses before).
+
+    Args:
+        name: one of ``MODEL_NAMES``.
+        state: ``{key: value}`` (tensors or NumPy arrays) with exactly the network's state-dict
+            keys and shapes; values are cast to the network's dtypes.
+        num_classes: number of output classes.
+        in_channels: image channels.
+        owner: name that starts error messages (the caller's).
+
+    Returns:
+        The network on the CPU, in train mode, holding a copy of ``state``.
+
+    Raises:
+        ConfigError: for an unknown name.
+        DataError: if ``state`` misses or adds keys (the message names them) or a shape differs.
+    """
+    with torch.device("meta"):
+        model = build_model(name, num_classes, in_channels)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise DataError(f"{owner}: the global model does not fit network {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    tensors = {k: _as_tensor(v) for k, v in state.items()}
+    for key, reference in expected.items():
+        if tuple(tensors[key].shape) != tuple(reference.shape):
+            raise DataError(f"{owner}: global_state[{key!r}] has shape {tuple(tensors[key].shape)}; network {name!r} expects {tuple(reference.shape)}.")
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(tensors)
+    return model.train()
+
+
+def _as_tensor(value: Any) -> torch.Tensor:
+    """``value`` as a tensor, sharing NumPy memory where torch allows it (a read-only array is copied)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    array = np.asarray(value)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())

@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from nvflare_gia.errors import ConfigError
-from nvflare_gia.models import MODEL_NAMES, SmallCNN, build_model
+from nvflare_gia.errors import ConfigError, DataError
+from nvflare_gia.models import MODEL_NAMES, SmallCNN, build_model, build_model_from_state
 
 
 def test_small_cnn_has_the_exact_benchmark_layout():
@@ -63,3 +64,32 @@ def test_init_seed_makes_initial_weights_reproducible_without_touching_global_rn
     other = build_model(name, init_seed=8).state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_build_model_from_state_equals_a_built_and_loaded_network(name):
+    reference = build_model(name, num_classes=3, init_seed=3)
+    state = {k: v.numpy().copy() for k, v in reference.state_dict().items()}  # NumPy values, as FLARE sends them
+    torch.manual_seed(0)
+    expected_next = torch.rand(1)
+    torch.manual_seed(0)
+    model = build_model_from_state(name, state, num_classes=3)
+    assert torch.equal(torch.rand(1), expected_next)  # no random initialisation drew from the global RNG
+    assert model.training
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in reference.state_dict().items())
+    x = torch.rand(2, 1, 32, 32)
+    reference.eval(), model.eval()
+    assert torch.equal(model(x), reference(x))
+    loaded[next(iter(loaded))].add_(1.0)  # the network holds a copy, not the caller's arrays
+    assert all(np.array_equal(state[k], v.numpy()) for k, v in reference.state_dict().items())
+
+
+def test_build_model_from_state_names_missing_unexpected_and_misshaped_entries():
+    state = dict(SmallCNN(init_seed=0).state_dict())
+    with pytest.raises(DataError, match=r"caller: the global model does not fit network 'small_cnn': missing \['classifier.bias'\], unexpected \['extra'\]"):
+        build_model_from_state("small_cnn", {**{k: v for k, v in state.items() if k != "classifier.bias"}, "extra": torch.zeros(1)}, owner="caller")
+    with pytest.raises(DataError, match=r"global_state\['classifier.weight'\] has shape \(3, 64\); network 'small_cnn' expects \(2, 64\)"):
+        build_model_from_state("small_cnn", {**state, "classifier.weight": torch.zeros(3, 64)})
+    with pytest.raises(ConfigError, match="name must be one of"):
+        build_model_from_state("resnet", state)
