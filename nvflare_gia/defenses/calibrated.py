@@ -66,8 +66,8 @@ from nvflare_gia.defenses._update import validate_update
 from nvflare_gia.defenses.base import Defense, DefenseContext, DefenseOutcome
 from nvflare_gia.defenses.self_audit import (
     AuditStatus,
-    SelfAudit,
     SelfAuditConfig,
+    audits_with_confirmations,
     check_audit_options,
     run_with_confirmations,
     threat_from_context,
@@ -242,12 +242,11 @@ class CalibratedDefenseConfig:
         """The ladder, weakest first."""
         return strength_ladder(*self.strength_range(), self.ladder_factor)
 
-    def audit_config(self, confirmation: int = 0) -> SelfAuditConfig:
-        """The :class:`SelfAuditConfig` of a rung's first audit, or of its ``confirmation``-th
-        confirmation (attack seed ``attack_seed + confirmation``)."""
+    def audit_config(self) -> SelfAuditConfig:
+        """The :class:`SelfAuditConfig` of a rung's first audit (confirmations: :func:`audits_with_confirmations`)."""
         return SelfAuditConfig(
             metric=self.metric, max_images=self.max_images, max_seconds=self.max_seconds, max_iterations=self.max_iterations,
-            restarts=self.restarts, seed=self.attack_seed + confirmation, device=self.device, num_threads=self.num_threads,
+            restarts=self.restarts, seed=self.attack_seed, device=self.device, num_threads=self.num_threads,
         )
 
 
@@ -286,7 +285,7 @@ class CalibratedDefense(Defense):
         self._defense_cls = getattr(module, spec.defense)
         self._config_cls = getattr(module, spec.config)
         self._field = spec.field
-        self._audits = [SelfAudit(config.audit_config(index)) for index in range(1 + config.confirmations)]
+        self._audits = audits_with_confirmations(config.audit_config(), config.confirmations)
 
     @property
     def name(self) -> str:

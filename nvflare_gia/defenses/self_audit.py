@@ -53,6 +53,7 @@ __all__ = [
     "LeakageGate",
     "threat_from_context",
     "check_audit_options",
+    "audits_with_confirmations",
     "run_with_confirmations",
 ]
 
@@ -331,6 +332,13 @@ class SelfAudit:
         )
 
 
+def audits_with_confirmations(first: SelfAuditConfig, confirmations: int) -> list[SelfAudit]:
+    """The first audit and ``confirmations`` confirmations: the same budget, attack seeds
+    ``first.seed + 1``, ``first.seed + 2``, ... (the one rule for the gate and the calibrated defenses).
+    """
+    return [SelfAudit(dataclasses.replace(first, seed=first.seed + index)) for index in range(1 + confirmations)]
+
+
 def run_with_confirmations(
     audits: Sequence[SelfAudit],
     threshold: float,
@@ -411,11 +419,9 @@ class LeakageGateConfig:
         object.__setattr__(self, "every_n_rounds", check_int(owner, "every_n_rounds", self.every_n_rounds, minimum=1))
         object.__setattr__(self, "confirmations", check_int(owner, "confirmations", self.confirmations, minimum=0))
 
-    def audit_config(self, confirmation: int = 0) -> SelfAuditConfig:
-        """The :class:`SelfAuditConfig` of the first audit, or of the ``confirmation``-th
-        confirmation (attack seed ``seed + confirmation``)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SelfAuditConfig)}
-        return SelfAuditConfig(**{**fields, "seed": self.seed + confirmation})
+    def audit_config(self) -> SelfAuditConfig:
+        """The :class:`SelfAuditConfig` of the first audit (confirmations: :func:`audits_with_confirmations`)."""
+        return SelfAuditConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SelfAuditConfig)})
 
 
 class LeakageGate:
@@ -437,7 +443,7 @@ class LeakageGate:
         if not isinstance(config, LeakageGateConfig):
             raise TypeError(f"LeakageGate: config must be a LeakageGateConfig, got {type(config).__name__}.")
         self.config = config
-        self._audits = [SelfAudit(config.audit_config(index)) for index in range(1 + config.confirmations)]
+        self._audits = audits_with_confirmations(config.audit_config(), config.confirmations)
 
     def audits_round(self, round_index: int | None) -> bool:
         """Whether round ``round_index`` is audited (an unknown round is)."""

@@ -10,7 +10,9 @@ import pytest
 
 from nvflare_gia.attack import ThreatModel
 from nvflare_gia.defenses.calibrated import CalibratedDefense, CalibratedDefenseConfig, CalibrationError
-from nvflare_gia.defenses.self_audit import LeakageGate, LeakageGateConfig, SelfAudit, SelfAuditConfig, threat_from_context
+from nvflare_gia.defenses.self_audit import (
+    LeakageGate, LeakageGateConfig, SelfAudit, SelfAuditConfig, audits_with_confirmations, threat_from_context,
+)
 from nvflare_gia.errors import ConfigError, DataError
 
 SHORT = {"max_iterations": 40, "restarts": 1, "max_seconds": None, "num_threads": 1}
@@ -68,7 +70,7 @@ def test_gate_blocks_when_a_confirmation_fails_although_the_first_audit_passed(h
     # a first seed whose audit is not the largest of it and its two confirmations (seeds + 1, + 2)
     seed = next(s for s in range(4) if values[s] < max(values[s + 1], values[s + 2]))
     config = LeakageGateConfig(confirmations=2, seed=seed, **SHORT)
-    assert [config.audit_config(index).seed for index in range(3)] == [seed, seed + 1, seed + 2]
+    assert [audit.config.seed for audit in audits_with_confirmations(config.audit_config(), 2)] == [seed, seed + 1, seed + 2]
     chain = [values[seed + index] for index in range(3)]
     threshold = (chain[0] + max(chain)) / 2  # the first audit passes, a confirmation fails
     decision = LeakageGate(dataclasses.replace(config, threshold=threshold)).check(*args, round_index=0)
@@ -87,8 +89,8 @@ def test_calibrated_defense_sends_the_update_it_audited(high_risk_case):
     assert calibration["status"] == "audited" and calibration["num_tries"] == 1 and calibration["strength"] == 0.1
     # the rung passed its audit and one confirmation with the next attack seed; the record keeps the larger
     again = [
-        SelfAudit(config.audit_config(index)).run(case.global_state, outcome.update, _threat(case), case.images, case.labels).value
-        for index in range(1 + config.confirmations)
+        audit.run(case.global_state, outcome.update, _threat(case), case.images, case.labels).value
+        for audit in audits_with_confirmations(config.audit_config(), config.confirmations)
     ]
     assert config.confirmations == 1 and calibration["tries"][0]["audits"] == again
     assert calibration["value"] == max(again)
