@@ -54,8 +54,10 @@ logger = logging.getLogger(__name__)
 
 SITES = ("site-1", "site-2", "site-3", "site-4")
 HIGH_RISK_SITE = "site-1"
-#: the attack's leakage metrics on the high-risk site (``gia/<key>`` in an audit record)
-LEAKAGE_KEYS = ("ssim", "psnr", "mse", "rdlv", "attacker_accuracy")
+#: the attack's leakage metrics on the high-risk site (``gia/<key>`` in an audit record);
+#: ``prior_attacker_accuracy`` is the reference classifier's accuracy on the attacker's flat prior,
+#: the level ``attacker_accuracy`` reaches without any information from the update
+LEAKAGE_KEYS = ("ssim", "psnr", "mse", "rdlv", "attacker_accuracy", "prior_attacker_accuracy")
 RUN_KEYS = ("defense", "params", "accuracy", "f1", *LEAKAGE_KEYS, "filter_seconds")
 #: the undefended model must beat always predicting the test split's majority class by this much
 #: for "equal utility" to compare models that learned something
@@ -325,6 +327,11 @@ def run_defense_benchmark(
             reports the mean over the rounds whose update was sent (``attacker_accuracy`` then is
             the share of those reconstructions the reference classifier labelled correctly);
             every run records how many it attacked under ``audited_rounds``.
+
+    Every run also records ``prior_attacker_accuracy``: the reference classifier's accuracy on
+    the attack's flat gray prior, labelled as the attacked images. Attacker accuracy shows leakage
+    only above it (a classifier that calls a featureless image "pneumonia" is right on every
+    pneumonia image).
 
     Returns:
         The JSON content.

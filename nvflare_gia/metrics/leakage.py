@@ -308,8 +308,9 @@ class LeakageReport:
 
     Direction (which way means more leakage): ``ssim``, ``psnr``, ``rdlv``, ``iip``,
     ``label_accuracy`` and ``attacker_accuracy`` higher; ``mse``, ``update_residual`` and
-    ``bn_residual`` lower. ``prior_ssim`` is the baseline of ``rdlv``, not a leakage measure.
-    Optional measures are None when their inputs were not given.
+    ``bn_residual`` lower. ``prior_ssim`` is the baseline of ``rdlv`` and ``prior_attacker_accuracy``
+    the baseline of ``attacker_accuracy``, not leakage measures. Optional measures are None when
+    their inputs were not given.
 
     Attributes:
         ssim: mean SSIM over pairs.
@@ -325,6 +326,10 @@ class LeakageReport:
         update_residual: see :func:`residual_only_report`, or None.
         bn_residual: see :func:`residual_only_report`, or None.
         num_images: number of matched pairs, min(#reconstructions, #true images).
+        prior_attacker_accuracy: the reference classifier's accuracy on the prior in place of each
+            matched reconstruction, or None: what the attacker gets without the update (a
+            classifier that calls a featureless image "pneumonia" is right on every pneumonia
+            image, so ``attacker_accuracy`` counts as leakage only above this).
     """
 
     ssim: float
@@ -340,6 +345,7 @@ class LeakageReport:
     update_residual: float | None
     bn_residual: float | None
     num_images: int
+    prior_attacker_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         """Check that every value is finite and the pair counts agree, so ``to_dict`` is JSON-safe.
@@ -347,7 +353,7 @@ class LeakageReport:
         Raises:
             DataError: if a value is NaN/inf or the counts disagree.
         """
-        for name in ("ssim", "psnr", "mse", "rdlv", "prior_ssim", "iip", "label_accuracy", "attacker_accuracy"):
+        for name in ("ssim", "psnr", "mse", "rdlv", "prior_ssim", "iip", "label_accuracy", "attacker_accuracy", "prior_attacker_accuracy"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise DataError(f"LeakageReport: {name} must be finite, got {value!r}.")
@@ -369,7 +375,8 @@ class LeakageReport:
         Returns:
             Python floats only, keys ``gia/ssim``, ``gia/psnr``, ``gia/mse``, ``gia/rdlv``,
             ``gia/prior_ssim``, ``gia/iip``, ``gia/label_accuracy``, ``gia/attacker_accuracy``,
-            ``gia/update_residual``, ``gia/bn_residual``, ``gia/num_images``; keys whose value
+            ``gia/update_residual``, ``gia/bn_residual``, ``gia/num_images``,
+            ``gia/prior_attacker_accuracy``; keys whose value
             is None are omitted. ``per_image_ssim`` and ``matching`` are not included.
         """
         skip = {"per_image_ssim", "matching"}
@@ -413,7 +420,8 @@ def evaluate_leakage(
         site_images: the client's whole local data set, for IIP; needs ``ground_truth_indices``.
         ground_truth_indices: M indices; ``site_images[ground_truth_indices[j]]`` must equal
             ``ground_truth[j]``.
-        classifier: reference classifier for the attacker accuracy; needs ``true_labels``.
+        classifier: reference classifier for the attacker accuracy and its prior baseline; needs
+            ``true_labels``.
         update_residual: update-matching loss of the attack (copied into the report).
         bn_residual: BatchNorm-statistics loss of the attack (copied into the report).
 
@@ -459,7 +467,7 @@ def evaluate_leakage(
     prior_ssim = float(np.mean(compute_ssim(priors[gt_idx], gt_m)))
     ssim = float(np.mean(per_image_ssim))
 
-    label_accuracy = attacker_accuracy = iip = None
+    label_accuracy = attacker_accuracy = prior_attacker_accuracy = iip = None
     if true_labels is not None:
         labels = as_labels(true_labels, func=func, arg="true_labels")
         _check_length(labels, len(gt), func=func, arg="true_labels", per="true image")
@@ -469,6 +477,7 @@ def evaluate_leakage(
             label_accuracy = compute_label_accuracy(rec_labels[rec_idx], labels[gt_idx])
         if classifier is not None:
             attacker_accuracy = compute_classifier_accuracy(classifier, rec_m, labels[gt_idx])
+            prior_attacker_accuracy = compute_classifier_accuracy(classifier, priors[gt_idx], labels[gt_idx])
     if site_images is not None:
         site = as_images(site_images, func=func, arg="site_images")
         check_same_image_size(
@@ -495,6 +504,7 @@ def evaluate_leakage(
         update_residual=residuals.get(_PREFIX + "update_residual"),
         bn_residual=residuals.get(_PREFIX + "bn_residual"),
         num_images=len(rec_idx),
+        prior_attacker_accuracy=prior_attacker_accuracy,
     )
 
 

@@ -44,10 +44,10 @@ def test_every_round_is_attacked_and_the_last_one_matches_the_default(tmp_path, 
 
 
 def test_mean_leakage_leaves_out_blocked_rounds():
-    sent = [{"gia/ssim": 0.2, "gia/psnr": 12.0, "gia/mse": 0.05, "gia/rdlv": -0.1, "gia/attacker_accuracy": 1.0},
-            {"gia/ssim": 0.4, "gia/psnr": 14.0, "gia/mse": 0.03, "gia/rdlv": 0.3, "gia/attacker_accuracy": 0.0}]
+    sent = [{"gia/ssim": 0.2, "gia/psnr": 12.0, "gia/mse": 0.05, "gia/rdlv": -0.1, "gia/attacker_accuracy": 1.0, "gia/prior_attacker_accuracy": 1.0},
+            {"gia/ssim": 0.4, "gia/psnr": 14.0, "gia/mse": 0.03, "gia/rdlv": 0.3, "gia/attacker_accuracy": 0.0, "gia/prior_attacker_accuracy": 0.0}]
     mean = _mean_leakage(sent)
-    assert mean == pytest.approx({"ssim": 0.3, "psnr": 13.0, "mse": 0.04, "rdlv": 0.1, "attacker_accuracy": 0.5})
+    assert mean == pytest.approx({"ssim": 0.3, "psnr": 13.0, "mse": 0.04, "rdlv": 0.1, "attacker_accuracy": 0.5, "prior_attacker_accuracy": 0.5})
     assert _mean_leakage([]) == {key: None for key in LEAKAGE_KEYS}  # every high-risk update was blocked
     assert _mean_leakage([{**sent[0], "gia/attacker_accuracy": None}])["attacker_accuracy"] is None
     assert np.isclose(_mean_leakage(sent[:1])["ssim"], 0.2)

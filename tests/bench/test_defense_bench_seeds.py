@@ -43,7 +43,7 @@ def test_bench_with_two_seeds_reports_the_mean_of_two_real_runs(tmp_path, write_
 
 def test_mean_run_leaves_out_blocked_seeds():
     blocked = {"defense": "calibrated_gaussian", "params": {"target": 0.0}, **{key: 0.5 for key in NUMBERS}, "seed": 0, "audited_rounds": 0}
-    blocked.update(ssim=None, psnr=None, mse=None, rdlv=None, attacker_accuracy=None)
+    blocked.update(ssim=None, psnr=None, mse=None, rdlv=None, attacker_accuracy=None, prior_attacker_accuracy=None)
     sent = {**blocked, "ssim": 0.2, "psnr": 12.0, "mse": 0.05, "rdlv": -0.1, "attacker_accuracy": 1.0, "accuracy": 0.7, "seed": 1, "audited_rounds": 1}
     mean = _mean_run([blocked, sent])
     assert mean["audited_rounds"] == 1

@@ -38,6 +38,7 @@ ALL_KEYS = {
     "gia/update_residual",
     "gia/bn_residual",
     "gia/num_images",
+    "gia/prior_attacker_accuracy",
 }
 
 
@@ -245,6 +246,20 @@ def test_evaluate_leakage_attacker_accuracy_uses_matched_labels(rng):
     rec = truth[[1, 3, 0, 2]] + 0.01 * rng.standard_normal((4, 8, 8))
     report = evaluate_leakage(rec, truth, true_labels=labels, classifier=_mean_intensity_classifier(8))
     assert report.attacker_accuracy == 1.0
+    # the flat 0.5 prior is class 0 for this classifier (2 * 0.5 - 1 = 0 is not > 0): right on the two class-0 images
+    assert report.prior_attacker_accuracy == 0.5
+
+
+def test_prior_attacker_accuracy_scores_the_prior_in_place_of_each_matched_reconstruction(rng):
+    truth = np.stack([np.full((8, 8), v) for v in (0.1, 0.9, 0.8)])
+    labels = np.array([0, 1, 1])
+    priors = np.stack([np.full((8, 8), v) for v in (0.7, 0.2, 0.9)])  # classes 1, 0, 1: right only on the third image
+    report = evaluate_leakage(truth[:2], truth, prior=priors, true_labels=labels, classifier=_mean_intensity_classifier(8))
+    # two reconstructions are matched to true images 0 and 1; their priors (0.7, 0.2) are both wrong
+    assert sorted(g for _, g in report.matching) == [0, 1] and report.prior_attacker_accuracy == 0.0
+    report = evaluate_leakage(truth, truth, prior=np.full((8, 8), 0.95), true_labels=labels, classifier=_mean_intensity_classifier(8))
+    assert report.prior_attacker_accuracy == pytest.approx(2 / 3) and report.to_dict()["gia/prior_attacker_accuracy"] == pytest.approx(2 / 3)
+    assert evaluate_leakage(truth, truth, true_labels=labels).prior_attacker_accuracy is None
 
 
 def test_classifier_must_be_a_module():
