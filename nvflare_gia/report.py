@@ -69,6 +69,7 @@ METRIC_FORMATS: dict[str, str] = {
     "iip": ".3f",
     "label_accuracy": ".3f",
     "attacker_accuracy": ".3f",
+    "prior_attacker_accuracy": ".3f",
     "update_residual": ".3g",
     "bn_residual": ".3g",
     "seconds": ".3g",
@@ -835,14 +836,15 @@ def write_bench_report(bench_json: str | os.PathLike, out_dir: str | os.PathLike
         page.paragraph("Each point is one defense setting: the test accuracy of the final global model against the attack's "
                        "SSIM and RDLV on the high-risk site's defended update. The star is no defense; a ring marks each "
                        "defense's equal-utility setting (its strongest within the accuracy tolerance of no defense). "
-                       "RDLV <= 0 means the attack rebuilt no more than its prior.")
+                       "RDLV <= 0 means the attack rebuilt no more than its prior. Likewise, the reference classifier's "
+                       "accuracy on the reconstructions shows leakage only above its accuracy on the attacker's prior.")
         figure = _privacy_utility_figure(runs, picks)
         if figure is None:
             page.paragraph("No run has both an accuracy and an attack score: nothing to plot.")
         else:
             page.image("privacy_utility.png", figure, "Attack SSIM and RDLV vs test accuracy, one curve per defense.", anchor="privacy-utility")
-        keys = ("accuracy", "f1", "ssim", "rdlv", "psnr", "mse", "attacker_accuracy", "filter_seconds")
-        headers = ["defense", "params", "accuracy", "F1", "SSIM", "RDLV", "PSNR dB", "MSE", "attacker acc.", "filter s", "equal utility"]
+        keys = ("accuracy", "f1", "ssim", "rdlv", "psnr", "mse", "attacker_accuracy", "prior_attacker_accuracy", "filter_seconds")
+        headers = ["defense", "params", "accuracy", "F1", "SSIM", "RDLV", "PSNR dB", "MSE", "attacker acc.", "attacker acc. on prior", "filter s", "equal utility"]
 
         def pick_text(run: Mapping[str, Any]) -> str:
             if run["defense"] == "none":

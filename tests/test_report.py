@@ -311,8 +311,9 @@ def test_bench_report_plots_privacy_utility_of_a_real_benchmark(bench_json, tmp_
     for row, md_row, run in zip(rows, md_rows, content["runs"]):
         cells = dict(row["cells"])
         assert cells["defense"] == run["defense"]
-        for key in ("accuracy", "f1", "ssim", "rdlv", "psnr", "mse", "attacker_accuracy", "filter_seconds"):
+        for key in ("accuracy", "f1", "ssim", "rdlv", "psnr", "mse", "attacker_accuracy", "prior_attacker_accuracy", "filter_seconds"):
             assert cells[key] == format_metric(key, run[key]), key
+        assert run["prior_attacker_accuracy"] in (0.0, 1.0)  # one attacked image, one flat prior
         assert [t for _, t in row["cells"]] == md_row
         pick = content["equal_utility"].get(run["defense"])
         expected = "baseline" if run["defense"] == "none" else ("yes" if pick and pick["params"] == run["params"] else "")
