@@ -137,7 +137,7 @@ def build_model_from_state(
 
     The network is built on PyTorch's ``meta`` device (shapes and dtypes only), given CPU memory,
     and loaded with ``state``: a memory copy instead of the initialisation (about 65 ms for
-    ResNet-18 on a 2-core CPU, done twice per call by the data-aware defenses before).
+    ResNet-18 on a 2-core CPU; the data-aware defenses build two networks per call).
 
     Args:
         name: one of ``MODEL_NAMES``.
