@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from nvflare_gia.data import DataSpec
 from nvflare_gia.flare import poc
+from nvflare_gia.flare.jobs import prepare_job
+from nvflare_gia.flare.widget import METRICS_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FEDAVG_CXR = REPO_ROOT / "jobs" / "fedavg_cxr"
@@ -24,7 +27,7 @@ N_CLIENTS = 3
 
 # Bounds for each step of the cycle (seconds). Every wait in the cycle is bounded by one of these.
 START_TIMEOUT_S = 120
-JOB_TIMEOUT_S = {"fedavg_cxr": 900, "np_fedavg": 300}
+JOB_TIMEOUT_S = {"fedavg_cxr": 900, "np_fedavg": 300, "fedavg_cxr_shadow": 600}
 STOP_TIMEOUT_S = 90
 
 logger = logging.getLogger(__name__)
@@ -82,9 +85,12 @@ def _error_logs(workspace: Path, job_id: str, result: Path) -> str:
     return "\n".join(parts) or "(no error_log.txt has content)"
 
 
-def _run_cycle(job: Path, tmp_path: Path, port: int, poc_admin: Callable, processes_mentioning: Callable) -> dict[str, float]:
+def _run_cycle(
+    job: Path, tmp_path: Path, port: int, poc_admin: Callable, processes_mentioning: Callable, check_run_dir: Callable[[Path], None] | None = None
+) -> dict[str, float]:
     """Run the whole cycle on ``job``, assert on each step, return the seconds each step took
-    (``port``, ``poc_admin`` and ``processes_mentioning``: the fixtures of ``tests/poc/conftest.py``)."""
+    (``port``, ``poc_admin`` and ``processes_mentioning``: the fixtures of ``tests/poc/conftest.py``;
+    ``check_run_dir`` is called with the downloaded server run directory)."""
     workspace = tmp_path / "ws"
     out_dir = tmp_path / "out"
     timings: dict[str, float] = {}
@@ -122,6 +128,8 @@ def _run_cycle(job: Path, tmp_path: Path, port: int, poc_admin: Callable, proces
             assert (run_dir / name).is_file(), f"{name} missing from the downloaded server run dir {run_dir}"
         errors = (run_dir / "error_log.txt").read_text() if (run_dir / "error_log.txt").exists() else ""
         assert "ComponentNotAuthorized" not in errors and "not in allow_list" not in errors, errors[-2000:]
+        if check_run_dir is not None:
+            check_run_dir(run_dir)
 
         killed = poc.stop(workspace, timeout_s=STOP_TIMEOUT_S)
         lap("stop")
@@ -145,6 +153,29 @@ def test_poc_cycle_fedavg_cxr_finishes_completed(tmp_path: Path, poc_home: Path,
     if not (FEDAVG_CXR / "meta.json").is_file():
         pytest.skip(f"{FEDAVG_CXR} does not exist: the job folder must be created before this test can run")
     _run_cycle(FEDAVG_CXR, tmp_path, free_port, poc_admin, processes_mentioning)
+
+
+@pytest.mark.slow
+def test_poc_cycle_shadow_job_defends_the_updates_the_widget_attacks(
+    tmp_path: Path, poc_home: Path, free_port, poc_admin, processes_mentioning, nih_cxr_path
+) -> None:
+    """A data-aware defense job runs in POC without edits: each client's shadow filter reads the
+    site's data through the job's data spec in its own workspace, and the server's widget attacks
+    the defended updates (1 round on 40 real chest X-rays, a short attack)."""
+    job = prepare_job(
+        "fedavg_cxr_shadow", tmp_path / "fedavg_cxr_shadow", num_rounds=1,
+        data_spec=DataSpec(source=str(nih_cxr_path), max_train_images=40),
+        component_args={"gia_widget": {"max_seconds": 10.0, "max_iterations": 40, "restarts": 1, "end_run_wait_s": 60.0}},
+    )
+
+    def check(run_dir: Path) -> None:
+        records = {r["client"]: r for r in map(json.loads, (run_dir / "gia" / METRICS_FILE).read_text().splitlines())}
+        assert sorted(records) == ["site-1", "site-2"], records
+        for client, record in records.items():
+            assert record["gia/status"] == "ok", record
+            assert record["gia_defense"]["name"] == "ShadowModelDefense" and record["gia_defense"]["noise_norm"] > 0, client
+
+    _run_cycle(job, tmp_path, free_port, poc_admin, processes_mentioning, check_run_dir=check)
 
 
 @pytest.mark.slow
