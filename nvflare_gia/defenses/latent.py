@@ -316,7 +316,7 @@ class LatentPerturbation(Defense):
         for key, value in update.items():
             if is_perturbable(key, value):
                 clean = to_tensor(value, dtype=torch.float64)
-                squared += squared_norm_float64(replay[key].double() - clean)
+                squared += squared_norm_float64(replay[key] - clean)  # float64 by type promotion
                 out[key] = restore_like(replay[key], value)
             else:
                 out[key] = copy_value(value)
