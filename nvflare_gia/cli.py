@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     defenses.add_argument(
         "--seeds", type=int, default=1, help="repeat with seeds SEED, SEED+1, ... and report means (each seed attacks another high-risk image)"
     )
+    merge = bench_commands.add_parser(
+        "merge", help="pool the seeds of several `bench defenses` JSONs of one protocol (run with --seed K --seeds N each) into one"
+    )
+    merge.add_argument("inputs", nargs="+", metavar="IN.json", help="two or more outputs of `bench defenses` (or of `bench merge`)")
+    merge.add_argument("--json", required=True, help="merged output (a CSV is written beside it)")
     overhead = bench_commands.add_parser("overhead", help="seconds of each defense on 1M- and 11M-parameter updates")
     overhead.add_argument("--json", required=True)
     overhead.add_argument("--repeats", type=int, default=5)
@@ -211,6 +216,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         except GIAError as e:
             logger.error("%s", e)
             return 2
+        return 0
+    if args.command == "bench" and args.bench_command == "merge":
+        from nvflare_gia.bench.defense_bench import merge_defense_benchmarks
+        from nvflare_gia.errors import GIAError
+
+        try:
+            merged = merge_defense_benchmarks(args.inputs, args.json)
+        except GIAError as e:
+            logger.error("%s", e)
+            return 2
+        sys.stdout.write(f"merged seeds {merged['protocol']['seed_list']} of {len(args.inputs)} files: {args.json}\n")
         return 0
     if args.command == "bench" and args.bench_command == "overhead":
         from nvflare_gia.bench.overhead_bench import run_overhead_benchmark

@@ -118,6 +118,18 @@ def _with_stderr(run: Mapping[str, Any], key: str) -> str:
     return text if error is None or text == _MISSING else f"{text} ± {format_metric(key, error)}"
 
 
+def _paired_difference(run: Mapping[str, Any], key: str) -> str:
+    """``run["vs_none"][key]`` as ``+mean ± stderr (n)``: the seed-by-seed difference from no defense."""
+    paired = run.get("vs_none")
+    entry = paired.get(key) if isinstance(paired, Mapping) else None
+    mean = _number(entry.get("mean")) if isinstance(entry, Mapping) else None
+    if mean is None:
+        return _MISSING
+    error = _number(entry.get("stderr"))
+    text = ("+" if mean >= 0 else "") + format_metric(key, mean)
+    return f"{text}{'' if error is None else ' ± ' + format_metric(key, error)} (n={_text(entry.get('n'))})"
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         return None
@@ -855,10 +867,20 @@ def write_bench_report(bench_json: str | os.PathLike, out_dir: str | os.PathLike
         page.heading("Runs")
         if any(isinstance(r.get("stderr"), Mapping) for r in runs):
             page.paragraph("Values are means over the seeds; ± gives the standard error over the seeds.")
+        paired_keys = ("accuracy", "ssim", "attacker_accuracy") if any(isinstance(r.get("vs_none"), Mapping) for r in runs) else ()
+        if paired_keys:
+            headers += ["Δ accuracy vs none", "Δ SSIM vs none", "Δ attacker acc. vs none"]
+            page.paragraph("Δ columns: the mean ± standard error of the seed-by-seed differences from no defense over the n seeds "
+                           "both have, which removes what a seed does to both runs (which image is attacked, how well the model learns); "
+                           "equal utility compares the paired accuracy.")
         page.table(
             headers,
-            [[r["defense"], _params_text(r.get("params"), r["defense"]), *(_with_stderr(r, k) for k in keys), pick_text(r)] for r in runs],
-            table_id="runs", keys=["defense", "params", *keys, "equal_utility"],
+            [
+                [r["defense"], _params_text(r.get("params"), r["defense"]), *(_with_stderr(r, k) for k in keys), pick_text(r),
+                 *(_paired_difference(r, k) for k in paired_keys)]
+                for r in runs
+            ],
+            table_id="runs", keys=["defense", "params", *keys, "equal_utility", *(f"vs_none_{k}" for k in paired_keys)],
         )
     overhead = content.get("overhead") or []
     if overhead:

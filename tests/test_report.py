@@ -384,3 +384,23 @@ def test_bench_report_gives_the_standard_error_of_runs_over_several_seeds(bench_
     assert rows[1]["rdlv"] == format_metric("rdlv", run["rdlv"])  # no standard error: the mean alone
     assert rows[0]["ssim"] == format_metric("ssim", content["runs"][0]["ssim"])  # a run without stderr
     assert "standard error over the seeds" in html_text
+
+
+def test_bench_report_gives_the_paired_differences_from_no_defense(bench_json, tmp_path):
+    content = json.loads(bench_json.read_text())
+    html_text = write_bench_report(bench_json, tmp_path / "single").read_text(encoding="utf-8")
+    assert "vs_none_accuracy" not in html_text  # one seed: no paired columns
+    content["runs"][1]["vs_none"] = {
+        "accuracy": {"mean": -0.0123, "stderr": 0.004, "n": 4},
+        "ssim": {"mean": 0.05, "stderr": None, "n": 1},
+        "attacker_accuracy": {"mean": None, "stderr": None, "n": 0},
+    }
+    path = tmp_path / "paired.json"
+    path.write_text(json.dumps(content))
+    html_text = write_bench_report(path, tmp_path / "out").read_text(encoding="utf-8")
+    rows = [dict(r["cells"]) for r in _tables(html_text)["runs"]["rows"]]
+    assert rows[1]["vs_none_accuracy"] == f"{format_metric('accuracy', -0.0123)} ± {format_metric('accuracy', 0.004)} (n=4)"
+    assert rows[1]["vs_none_ssim"] == f"+{format_metric('ssim', 0.05)} (n=1)"
+    assert rows[1]["vs_none_attacker_accuracy"] == "-" and rows[0]["vs_none_accuracy"] == "-"
+    md_rows = _md_rows((tmp_path / "out" / "summary.md").read_text(encoding="utf-8"), "Runs")
+    assert f"{format_metric('accuracy', -0.0123)} ± {format_metric('accuracy', 0.004)} (n=4)" in md_rows[1]

@@ -44,11 +44,11 @@ from nvflare_gia.audit import AuditTarget, audit_update
 from nvflare_gia.data import DataSpec, load_site_data, load_splits, load_test_data
 from nvflare_gia.defenses import DefenseContext
 from nvflare_gia.defenses.calibrated import CALIBRATION_PARAM, CalibrationError
-from nvflare_gia.errors import ConfigError
+from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.models import build_model
 from nvflare_gia.training import TrainingConfig, evaluate, train_local, training_meta
 
-__all__ = ["DEFENSE_FACTORIES", "QUICK_GRID", "FULL_GRID", "parse_grid", "run_defense_benchmark", "equal_utility"]
+__all__ = ["DEFENSE_FACTORIES", "QUICK_GRID", "FULL_GRID", "parse_grid", "run_defense_benchmark", "merge_defense_benchmarks", "equal_utility"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ RUN_KEYS = ("defense", "params", "accuracy", "f1", *LEAKAGE_KEYS, "filter_second
 #: the undefended model must beat always predicting the test split's majority class by this much
 #: for "equal utility" to compare models that learned something
 LEARNED_MARGIN = 0.05
+#: the numbers a multi-seed run compares seed by seed with no defense (``vs_none``)
+PAIRED_KEYS = ("accuracy", "f1", "ssim", "psnr", "mse", "rdlv", "attacker_accuracy")
+#: protocol entries that must agree for :func:`merge_defense_benchmarks` to pool two outputs
+MERGE_PROTOCOL_KEYS = ("data", "rounds", "quick", "attack_seconds", "attack_iterations", "audit_rounds", "self_audit")
 #: values of ``audit_rounds``: attack the high-risk site's update of the last round, or of every round
 AUDIT_ROUNDS = ("last", "all")
 
@@ -270,13 +274,19 @@ def _mean_leakage(records: Sequence[Mapping[str, Any]]) -> dict[str, float | Non
 
 def equal_utility(runs: Sequence[Mapping[str, Any]], tolerance: float = 0.01) -> dict[str, dict[str, Any]]:
     """For each defense, its strongest setting (last in grid order) whose accuracy is within
-    ``tolerance`` of no defense; a defense with no such setting is left out."""
+    ``tolerance`` of no defense; a defense with no such setting is left out.
+
+    Over several seeds the comparison is paired: the mean of the seed-by-seed accuracy differences
+    (``vs_none``), which equals the difference of the means when both ran on the same seeds and
+    stays fair when a merged setting lacks some of them."""
     baseline = next((r["accuracy"] for r in runs if r["defense"] == "none"), None)
     picks: dict[str, dict[str, Any]] = {}
     if baseline is None:
         return picks
     for run in runs:
-        if run["accuracy"] >= baseline - tolerance:
+        paired = (run.get("vs_none") or {}).get("accuracy") or {}
+        difference = paired["mean"] if paired.get("mean") is not None else run["accuracy"] - baseline
+        if difference >= -tolerance:
             picks[run["defense"]] = dict(run)
     return picks
 
@@ -316,7 +326,9 @@ def run_defense_benchmark(
             run's numbers are the means over the seeds (leakage over the seeds whose high-risk
             update was not blocked; ``attacker_accuracy`` then is the share of seeds whose one
             reconstruction the reference classifier labelled correctly), ``stderr`` holds their
-            standard errors, its ``per_seed`` list holds the single runs, and the equal-utility picks compare means. One attacked image
+            standard errors, its ``per_seed`` list holds the single runs, ``vs_none`` holds the
+            seed-by-seed differences from no defense (mean, standard error, ``n``; see
+            :data:`PAIRED_KEYS`), and the equal-utility picks compare the paired accuracy. One attacked image
             per seed makes single-seed leakage numbers noisy (on the quick protocol the
             undefended SSIM was 0.27–0.30 with seed 0 and 0.52–0.54 with seed 1).
         grid: settings that replace the named defenses' grids (see :func:`parse_grid`), weakest
@@ -378,10 +390,7 @@ def run_defense_benchmark(
                 name, json.dumps(params), run_seed, run["accuracy"], run["f1"],
                 *(_nan(run[k]) for k in ("ssim", "rdlv", "psnr", "attacker_accuracy")), run["filter_seconds"], time.monotonic() - started,
             )
-    if seeds == 1:
-        runs = [{k: v for k, v in per_seed[0].items() if k != "seed"} for per_seed in single]
-    else:
-        runs = [_mean_run(per_seed) for per_seed in single]
+    runs = _summarise(single, multi_seed=seeds > 1)
     protocol = {
         "data": str(source), "rounds": rounds, "seed": seed, "seeds": seeds, "quick": quick,
         "attack_seconds": attack_budget.get("max_seconds"), "attack_iterations": attack_iterations, "audit_rounds": audit_rounds,
@@ -390,15 +399,148 @@ def run_defense_benchmark(
     if any(name in CALIBRATED for name in settings_by_defense):
         protocol["self_audit"] = dict(BENCH_SELF_AUDIT)
     result = {"runs": runs, "equal_utility": equal_utility(runs), "protocol": protocol}
+    _write_result(result, json_path)
+    return result
+
+
+def merge_defense_benchmarks(inputs: Sequence[str | Path], json_path: str | Path) -> dict[str, Any]:
+    """Pool the seeds of several ``bench defenses`` outputs of one protocol into one result.
+
+    A long benchmark can run its seeds in separate processes or on separate machines
+    (``--seed K --seeds N`` each) and be reported as one run: every setting's single-seed runs are
+    pooled, then the means, standard errors, paired differences from no defense (``vs_none``) and
+    equal-utility picks are computed as :func:`run_defense_benchmark` computes them. A setting may
+    lack some seeds (its means cover the seeds it has; ``vs_none`` pairs only the seeds both have).
+    Files written before ``prior_attacker_accuracy`` existed give None for it.
+
+    Args:
+        inputs: two or more JSON files written by ``bench defenses`` (one or several seeds) or by
+            this function.
+        json_path: output JSON; a CSV is written beside it.
+
+    Returns:
+        The merged content; its protocol lists the pooled seeds (``seed_list``) and the inputs
+        (``merged_from``).
+
+    Raises:
+        ConfigError: if fewer than two inputs are given.
+        DataError: if an input is missing or not a ``bench defenses`` output, the inputs' protocols
+            differ in one of :data:`MERGE_PROTOCOL_KEYS` (named, with both values), or one setting
+            has the same seed twice with different results (its timing aside).
+    """
+    paths = [Path(p) for p in inputs]
+    if len(paths) < 2:
+        raise ConfigError(f"merge_defense_benchmarks: inputs must name at least two JSON files, got {len(paths)}.")
+    contents = [_load_defense_output(path) for path in paths]
+    reference = contents[0]["protocol"]
+    for path, content in zip(paths[1:], contents[1:]):
+        for key in MERGE_PROTOCOL_KEYS:
+            if content["protocol"].get(key) != reference.get(key):
+                raise DataError(
+                    f"merge_defense_benchmarks: {str(path)!r} has protocol {key}={content['protocol'].get(key)!r} but "
+                    f"{str(paths[0])!r} has {reference.get(key)!r}; only runs of one protocol can be pooled."
+                )
+    pooled: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for path, content in zip(paths, contents):
+        for run in content["runs"]:
+            setting = (run["defense"], json.dumps(run["params"], sort_keys=True))
+            records = run.get("per_seed") or [{**run, "seed": content["protocol"]["seed"]}]
+            by_seed = pooled.setdefault(setting, {})
+            for record in records:
+                record = {**{key: record.get(key) for key in (*RUN_KEYS, "audited_rounds")}, "seed": int(record["seed"])}
+                known = by_seed.get(record["seed"])
+                if known is None:
+                    by_seed[record["seed"]] = record
+                elif _without_timing(known) != _without_timing(record):
+                    raise DataError(
+                        f"merge_defense_benchmarks: {setting[0]} {setting[1]} seed {record['seed']} appears twice with different "
+                        f"results (the second in {str(path)!r}); rerun it or leave one file out."
+                    )
+    single = [[by_seed[seed] for seed in sorted(by_seed)] for by_seed in pooled.values()]
+    runs = _summarise(single, multi_seed=True)
+    seed_list = sorted({record["seed"] for records in single for record in records})
+    protocol = {
+        **reference,
+        "seed": seed_list[0], "seeds": len(seed_list), "seed_list": seed_list, "merged_from": [str(p) for p in paths],
+        **_learned_check(runs, float(reference["majority_accuracy"])),
+    }
+    result = {"runs": runs, "equal_utility": equal_utility(runs), "protocol": protocol}
+    _write_result(result, json_path)
+    return result
+
+
+def _load_defense_output(path: Path) -> dict[str, Any]:
+    """A ``bench defenses`` JSON, checked to have its runs and protocol."""
+    if not path.is_file():
+        raise DataError(f"merge_defense_benchmarks: {str(path)!r} is not a file.")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"merge_defense_benchmarks: {str(path)!r} is not valid JSON: {exc}.") from exc
+    required = ("defense", "params", "accuracy", "f1", "ssim", "audited_rounds")
+    if (
+        not isinstance(content, dict)
+        or not isinstance(content.get("runs"), list)
+        or not isinstance(content.get("protocol"), dict)
+        or "majority_accuracy" not in content["protocol"]
+        or not all(isinstance(run, dict) and all(key in run for key in required) for run in content["runs"])
+    ):
+        raise DataError(
+            f"merge_defense_benchmarks: {str(path)!r} is not a `bench defenses` output (a 'runs' list whose runs have "
+            f"{list(required)}, and a 'protocol' with 'majority_accuracy')."
+        )
+    return content
+
+
+def _without_timing(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if key != "filter_seconds"}
+
+
+def _summarise(single: Sequence[Sequence[dict[str, Any]]], *, multi_seed: bool) -> list[dict[str, Any]]:
+    """One run per setting from its single-seed runs: the run itself for one seed; otherwise the
+    means (:func:`_mean_run`) and, for every defense, the paired differences from no defense."""
+    if not multi_seed:
+        return [{k: v for k, v in records[0].items() if k != "seed"} for records in single]
+    undefended = next((records for records in single if records[0]["defense"] == "none"), None)
+    runs = []
+    for records in single:
+        run = _mean_run(list(records))
+        if undefended is not None and records is not undefended:
+            run["vs_none"] = _paired_differences(records, undefended)
+        runs.append(run)
+    return runs
+
+
+def _paired_differences(records: Sequence[Mapping[str, Any]], undefended: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For each of :data:`PAIRED_KEYS`: the mean, standard error and number (``n``) of the seed-by-seed
+    differences (setting - no defense) over the seeds where both have a value. Pairing removes what
+    a seed does to both runs (which image is attacked, how well the model learns)."""
+    baseline = {record["seed"]: record for record in undefended}
+    out: dict[str, dict[str, Any]] = {}
+    for key in PAIRED_KEYS:
+        differences = [
+            record[key] - baseline[record["seed"]][key]
+            for record in records
+            if record["seed"] in baseline and record[key] is not None and baseline[record["seed"]][key] is not None
+        ]
+        out[key] = {
+            "mean": float(np.mean(differences)) if differences else None,
+            "stderr": float(np.std(differences, ddof=1) / np.sqrt(len(differences))) if len(differences) > 1 else None,
+            "n": len(differences),
+        }
+    return out
+
+
+def _write_result(result: Mapping[str, Any], json_path: str | Path) -> None:
+    """Write ``result`` to ``json_path`` and its runs to a CSV beside it (columns :data:`RUN_KEYS`)."""
     out = Path(json_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RUN_KEYS, extrasaction="ignore")
         writer.writeheader()
-        for run in runs:
+        for run in result["runs"]:
             writer.writerow({**run, "params": json.dumps(run["params"])})
-    return result
 
 
 def _attack_budget(seconds: float | None, iterations: int | None, quick: bool) -> dict[str, Any]:
@@ -433,10 +575,15 @@ def _mean_run(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _learning_check(runs: Sequence[Mapping[str, Any]], spec: DataSpec) -> dict[str, Any]:
     """``majority_accuracy`` (accuracy of always predicting the test split's most common class) and
-    ``model_learned`` (the undefended accuracy beats it by :data:`LEARNED_MARGIN`); warns if not,
-    since equal-utility picks then compare noise."""
+    ``model_learned`` (see :func:`_learned_check`)."""
     _, test_labels = load_test_data(spec)
     majority = float(np.bincount(test_labels).max() / len(test_labels)) if len(test_labels) else float("nan")
+    return _learned_check(runs, majority)
+
+
+def _learned_check(runs: Sequence[Mapping[str, Any]], majority: float) -> dict[str, Any]:
+    """``majority_accuracy`` and ``model_learned`` (the undefended accuracy beats the majority class by
+    :data:`LEARNED_MARGIN`); warns if not, since equal-utility picks then compare noise."""
     baseline = next((run["accuracy"] for run in runs if run["defense"] == "none"), None)
     learned = baseline is not None and baseline >= majority + LEARNED_MARGIN
     if not learned:
