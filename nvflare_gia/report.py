@@ -70,6 +70,7 @@ METRIC_FORMATS: dict[str, str] = {
     "label_accuracy": ".3f",
     "attacker_accuracy": ".3f",
     "prior_attacker_accuracy": ".3f",
+    "balanced_attacker_accuracy": ".3f",
     "update_residual": ".3g",
     "bn_residual": ".3g",
     "seconds": ".3g",
@@ -857,6 +858,9 @@ def write_bench_report(bench_json: str | os.PathLike, out_dir: str | os.PathLike
             page.image("privacy_utility.png", figure, "Attack SSIM and RDLV vs test accuracy, one curve per defense.", anchor="privacy-utility")
         keys = ("accuracy", "f1", "ssim", "rdlv", "psnr", "mse", "attacker_accuracy", "prior_attacker_accuracy", "filter_seconds")
         headers = ["defense", "params", "accuracy", "F1", "SSIM", "RDLV", "PSNR dB", "MSE", "attacker acc.", "attacker acc. on prior", "filter s", "equal utility"]
+        if any(_number(r.get("balanced_attacker_accuracy")) is not None for r in runs):
+            keys = (*keys[:8], "balanced_attacker_accuracy", *keys[8:])
+            headers = [*headers[:10], "balanced attacker acc.", *headers[10:]]
 
         def pick_text(run: Mapping[str, Any]) -> str:
             if run["defense"] == "none":
@@ -867,6 +871,10 @@ def write_bench_report(bench_json: str | os.PathLike, out_dir: str | os.PathLike
         page.heading("Runs")
         if any(isinstance(r.get("stderr"), Mapping) for r in runs):
             page.paragraph("Values are means over the seeds; ± gives the standard error over the seeds.")
+        if "balanced_attacker_accuracy" in keys:
+            page.paragraph("Balanced attacker accuracy averages attacker accuracy per class of the attacked image, then over "
+                           "the classes, so it does not depend on how many seeds drew each class; a classifier that gives every "
+                           "featureless reconstruction the same class scores 1 / (number of classes) on it.")
         paired_keys = ("accuracy", "ssim", "attacker_accuracy") if any(isinstance(r.get("vs_none"), Mapping) for r in runs) else ()
         if paired_keys:
             headers += ["Δ accuracy vs none", "Δ SSIM vs none", "Δ attacker acc. vs none"]

@@ -386,10 +386,11 @@ def test_bench_report_gives_the_standard_error_of_runs_over_several_seeds(bench_
     assert "standard error over the seeds" in html_text
 
 
-def test_bench_report_gives_the_paired_differences_from_no_defense(bench_json, tmp_path):
+def test_bench_report_gives_the_paired_differences_and_balanced_attacker_accuracy(bench_json, tmp_path):
     content = json.loads(bench_json.read_text())
     html_text = write_bench_report(bench_json, tmp_path / "single").read_text(encoding="utf-8")
-    assert "vs_none_accuracy" not in html_text  # one seed: no paired columns
+    assert "vs_none_accuracy" not in html_text and "balanced_attacker_accuracy" not in html_text  # one seed: no such columns
+    content["runs"][1]["balanced_attacker_accuracy"] = 0.5
     content["runs"][1]["vs_none"] = {
         "accuracy": {"mean": -0.0123, "stderr": 0.004, "n": 4},
         "ssim": {"mean": 0.05, "stderr": None, "n": 1},
@@ -402,5 +403,7 @@ def test_bench_report_gives_the_paired_differences_from_no_defense(bench_json, t
     assert rows[1]["vs_none_accuracy"] == f"{format_metric('accuracy', -0.0123)} ± {format_metric('accuracy', 0.004)} (n=4)"
     assert rows[1]["vs_none_ssim"] == f"+{format_metric('ssim', 0.05)} (n=1)"
     assert rows[1]["vs_none_attacker_accuracy"] == "-" and rows[0]["vs_none_accuracy"] == "-"
+    assert rows[1]["balanced_attacker_accuracy"] == "0.500" and rows[0]["balanced_attacker_accuracy"] == "-"
+    assert "Balanced attacker accuracy averages" in html_text
     md_rows = _md_rows((tmp_path / "out" / "summary.md").read_text(encoding="utf-8"), "Runs")
     assert f"{format_metric('accuracy', -0.0123)} ± {format_metric('accuracy', 0.004)} (n=4)" in md_rows[1]

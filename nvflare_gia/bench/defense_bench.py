@@ -259,7 +259,13 @@ def _run_one(
         **leakage,
         "filter_seconds": float(np.mean(filter_seconds)) if filter_seconds else 0.0,
         "audited_rounds": len(audited),
+        "attacked_label": _attacked_label(sites[HIGH_RISK_SITE].train_labels),
     }
+
+
+def _attacked_label(labels: np.ndarray) -> int | None:
+    """The class of the high-risk site's image (None if the site holds more or fewer than one)."""
+    return int(labels[0]) if len(labels) == 1 else None
 
 
 def _mean_leakage(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
@@ -328,7 +334,9 @@ def run_defense_benchmark(
             reconstruction the reference classifier labelled correctly), ``stderr`` holds their
             standard errors, its ``per_seed`` list holds the single runs, ``vs_none`` holds the
             seed-by-seed differences from no defense (mean, standard error, ``n``; see
-            :data:`PAIRED_KEYS`), and the equal-utility picks compare the paired accuracy. One attacked image
+            :data:`PAIRED_KEYS`), ``balanced_attacker_accuracy`` averages attacker accuracy per class
+            of the attacked image (each run records its ``attacked_label``), and the equal-utility
+            picks compare the paired accuracy. One attacked image
             per seed makes single-seed leakage numbers noisy (on the quick protocol the
             undefended SSIM was 0.27–0.30 with seed 0 and 0.52–0.54 with seed 1).
         grid: settings that replace the named defenses' grids (see :func:`parse_grid`), weakest
@@ -411,7 +419,7 @@ def merge_defense_benchmarks(inputs: Sequence[str | Path], json_path: str | Path
     pooled, then the means, standard errors, paired differences from no defense (``vs_none``) and
     equal-utility picks are computed as :func:`run_defense_benchmark` computes them. A setting may
     lack some seeds (its means cover the seeds it has; ``vs_none`` pairs only the seeds both have).
-    Files written before ``prior_attacker_accuracy`` existed give None for it.
+    Files written before ``prior_attacker_accuracy`` or ``attacked_label`` existed give None for them.
 
     Args:
         inputs: two or more JSON files written by ``bench defenses`` (one or several seeds) or by
@@ -447,7 +455,7 @@ def merge_defense_benchmarks(inputs: Sequence[str | Path], json_path: str | Path
             records = run.get("per_seed") or [{**run, "seed": content["protocol"]["seed"]}]
             by_seed = pooled.setdefault(setting, {})
             for record in records:
-                record = {**{key: record.get(key) for key in (*RUN_KEYS, "audited_rounds")}, "seed": int(record["seed"])}
+                record = {**{key: record.get(key) for key in (*RUN_KEYS, "audited_rounds", "attacked_label")}, "seed": int(record["seed"])}
                 known = by_seed.get(record["seed"])
                 if known is None:
                     by_seed[record["seed"]] = record
@@ -569,8 +577,24 @@ def _mean_run(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         stderr[key] = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
     mean["stderr"] = stderr
     mean["audited_rounds"] = sum(run["audited_rounds"] for run in per_seed)
+    mean["balanced_attacker_accuracy"] = _balanced_attacker_accuracy(per_seed)
     mean["per_seed"] = per_seed
     return mean
+
+
+def _balanced_attacker_accuracy(per_seed: Sequence[Mapping[str, Any]]) -> float | None:
+    """Attacker accuracy averaged per class of the attacked image, then over the classes.
+
+    Each seed attacks one image of one class, so the plain mean over seeds depends on how many
+    seeds drew each class: a reference classifier that calls every featureless reconstruction
+    "pneumonia" scores the share of pneumonia seeds. Balancing puts such a classifier at 1 / (number
+    of classes seen) whatever the mix. None when no seed has both an attacker accuracy and an
+    ``attacked_label``."""
+    by_class: dict[int, list[float]] = {}
+    for run in per_seed:
+        if run.get("attacker_accuracy") is not None and run.get("attacked_label") is not None:
+            by_class.setdefault(int(run["attacked_label"]), []).append(float(run["attacker_accuracy"]))
+    return float(np.mean([np.mean(values) for values in by_class.values()])) if by_class else None
 
 
 def _learning_check(runs: Sequence[Mapping[str, Any]], spec: DataSpec) -> dict[str, Any]:

@@ -7,8 +7,17 @@ import csv
 import numpy as np
 import pytest
 
-from nvflare_gia.bench.defense_bench import LEARNED_MARGIN, RUN_KEYS, SITES, _learning_check, _mean_run, run_defense_benchmark
-from nvflare_gia.data import DataSpec, load_test_data
+from nvflare_gia.bench.defense_bench import (
+    HIGH_RISK_SITE,
+    LEARNED_MARGIN,
+    RUN_KEYS,
+    SITES,
+    _balanced_attacker_accuracy,
+    _learning_check,
+    _mean_run,
+    run_defense_benchmark,
+)
+from nvflare_gia.data import DataSpec, load_site_data, load_test_data
 from nvflare_gia.errors import ConfigError
 
 NUMBERS = RUN_KEYS[2:]
@@ -29,6 +38,9 @@ def test_bench_with_two_seeds_reports_the_mean_of_two_real_runs(tmp_path, write_
             values = [single[key] for single in per_seed]
             assert run[key] == pytest.approx(np.mean(values)), key
             assert run["stderr"][key] == pytest.approx(abs(values[0] - values[1]) / 2), key  # std(ddof=1)/sqrt(2) of two values
+        labels = [load_site_data(DataSpec(source=str(tmp_path / "small.npz"), site_names=SITES, seed=s), HIGH_RISK_SITE).train_labels for s in (3, 4)]
+        assert [single["attacked_label"] for single in per_seed] == [int(label[0]) for label in labels]
+        assert run["balanced_attacker_accuracy"] == pytest.approx(_balanced_attacker_accuracy(per_seed))
     # each seed partitions the data anew, so the attacked high-risk image (and its leakage) differs
     undefended = result["runs"][0]["per_seed"]
     assert undefended[0]["ssim"] != undefended[1]["ssim"]
@@ -71,3 +83,15 @@ def test_learning_check_compares_the_undefended_accuracy_with_the_majority_class
         check = _learning_check(runs, spec)
     assert check == {"majority_accuracy": pytest.approx(majority), "model_learned": learned}
     assert ("did not learn" in caplog.text) is (not learned)
+
+
+def test_balanced_attacker_accuracy_weighs_each_class_of_attacked_image_equally():
+    # a classifier that calls every reconstruction class 1: right on the three class-1 seeds, wrong on the class-0 one
+    runs = [{"attacker_accuracy": acc, "attacked_label": label} for acc, label in ((1.0, 1), (1.0, 1), (1.0, 1), (0.0, 0))]
+    assert np.mean([r["attacker_accuracy"] for r in runs]) == 0.75
+    assert _balanced_attacker_accuracy(runs) == pytest.approx(0.5)
+    runs += [{"attacker_accuracy": 0.6, "attacked_label": 0}, {"attacker_accuracy": None, "attacked_label": 0}, {"attacker_accuracy": 1.0, "attacked_label": None}]
+    assert _balanced_attacker_accuracy(runs) == pytest.approx((1.0 + 0.3) / 2)  # blocked and unlabelled seeds left out
+    assert _balanced_attacker_accuracy([{"attacker_accuracy": None, "attacked_label": 1}]) is None
+    assert _mean_run([{**r, "defense": "none", "params": {}, **{k: 0.5 for k in NUMBERS if k != "attacker_accuracy"}, "audited_rounds": 1}
+                      for r in runs[:4]])["balanced_attacker_accuracy"] == pytest.approx(0.5)
