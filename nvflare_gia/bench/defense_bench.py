@@ -419,6 +419,8 @@ def merge_defense_benchmarks(inputs: Sequence[str | Path], json_path: str | Path
     pooled, then the means, standard errors, paired differences from no defense (``vs_none``) and
     equal-utility picks are computed as :func:`run_defense_benchmark` computes them. A setting may
     lack some seeds (its means cover the seeds it has; ``vs_none`` pairs only the seeds both have).
+    Settings keep the order in which the inputs first list them, which the equal-utility pick reads
+    as weakest to strongest: give the inputs in that order when their grids differ.
     Files written before ``prior_attacker_accuracy`` or ``attacked_label`` existed give None for them.
 
     Args:
