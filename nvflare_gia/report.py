@@ -856,11 +856,14 @@ def write_bench_report(bench_json: str | os.PathLike, out_dir: str | os.PathLike
             page.paragraph("No run has both an accuracy and an attack score: nothing to plot.")
         else:
             page.image("privacy_utility.png", figure, "Attack SSIM and RDLV vs test accuracy, one curve per defense.", anchor="privacy-utility")
-        keys = ("accuracy", "f1", "ssim", "rdlv", "psnr", "mse", "attacker_accuracy", "prior_attacker_accuracy", "filter_seconds")
-        headers = ["defense", "params", "accuracy", "F1", "SSIM", "RDLV", "PSNR dB", "MSE", "attacker acc.", "attacker acc. on prior", "filter s", "equal utility"]
-        if any(_number(r.get("balanced_attacker_accuracy")) is not None for r in runs):
-            keys = (*keys[:8], "balanced_attacker_accuracy", *keys[8:])
-            headers = [*headers[:10], "balanced attacker acc.", *headers[10:]]
+        balanced = any(_number(r.get("balanced_attacker_accuracy")) is not None for r in runs)
+        columns = [
+            ("accuracy", "accuracy"), ("f1", "F1"), ("ssim", "SSIM"), ("rdlv", "RDLV"), ("psnr", "PSNR dB"), ("mse", "MSE"),
+            ("attacker_accuracy", "attacker acc."), ("prior_attacker_accuracy", "attacker acc. on prior"),
+            *([("balanced_attacker_accuracy", "balanced attacker acc.")] if balanced else []), ("filter_seconds", "filter s"),
+        ]
+        keys = tuple(key for key, _ in columns)
+        headers = ["defense", "params", *(header for _, header in columns), "equal utility"]
 
         def pick_text(run: Mapping[str, Any]) -> str:
             if run["defense"] == "none":
@@ -871,7 +874,7 @@ def write_bench_report(bench_json: str | os.PathLike, out_dir: str | os.PathLike
         page.heading("Runs")
         if any(isinstance(r.get("stderr"), Mapping) for r in runs):
             page.paragraph("Values are means over the seeds; ± gives the standard error over the seeds.")
-        if "balanced_attacker_accuracy" in keys:
+        if balanced:
             page.paragraph("Balanced attacker accuracy averages attacker accuracy per class of the attacked image, then over "
                            "the classes, so it does not depend on how many seeds drew each class; a classifier that gives every "
                            "featureless reconstruction the same class scores 1 / (number of classes) on it.")
