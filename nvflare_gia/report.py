@@ -37,7 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from nvflare_gia.errors import DataError
+from nvflare_gia.errors import DataError, load_json_file
 from nvflare_gia.metrics import compute_ssim
 
 __all__ = [
@@ -701,12 +701,7 @@ _RUN_KEYS = ("defense", "params", "accuracy", "ssim")
 
 
 def _load_bench(bench_json: Path) -> dict[str, Any]:
-    if not bench_json.is_file():
-        raise DataError(f"report: bench_json must be an existing JSON file, got {str(bench_json)!r}.")
-    try:
-        content = json.loads(bench_json.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"report: {str(bench_json)!r} is not valid JSON: {e}.") from e
+    content = load_json_file(bench_json, "report", "bench_json")
     problems = []
     if not isinstance(content, dict) or not (isinstance(content.get("runs"), list) or isinstance(content.get("overhead"), list)):
         raise DataError(f"report: {str(bench_json)!r} must hold a 'runs' list (bench defenses) or an 'overhead' list (bench overhead).")

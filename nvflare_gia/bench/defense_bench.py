@@ -44,7 +44,7 @@ from nvflare_gia.audit import AuditTarget, audit_update
 from nvflare_gia.data import DataSpec, load_site_data, load_splits, load_test_data
 from nvflare_gia.defenses import DefenseContext
 from nvflare_gia.defenses.calibrated import CALIBRATION_PARAM, CalibrationError
-from nvflare_gia.errors import ConfigError, DataError
+from nvflare_gia.errors import ConfigError, DataError, load_json_file
 from nvflare_gia.models import build_model
 from nvflare_gia.training import TrainingConfig, evaluate, train_local, training_meta
 
@@ -481,12 +481,7 @@ def merge_defense_benchmarks(inputs: Sequence[str | Path], json_path: str | Path
 
 def _load_defense_output(path: Path) -> dict[str, Any]:
     """A ``bench defenses`` JSON, checked to have its runs and protocol."""
-    if not path.is_file():
-        raise DataError(f"merge_defense_benchmarks: {str(path)!r} is not a file.")
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"merge_defense_benchmarks: {str(path)!r} is not valid JSON: {exc}.") from exc
+    content = load_json_file(path, "merge_defense_benchmarks", "inputs")
     required = ("defense", "params", "accuracy", "f1", "ssim", "audited_rounds")
     if (
         not isinstance(content, dict)

@@ -7,7 +7,6 @@ transforms; MONAI is imported on first use so that ``import nvflare_gia.data`` s
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from nvflare_gia.data._checks import check_int
-from nvflare_gia.errors import ConfigError, DataError
+from nvflare_gia.errors import ConfigError, DataError, load_json_file
 
 __all__ = ["DatasetSplits", "load_npz", "load_image_folder", "load_decathlon_datalist"]
 
@@ -477,12 +476,7 @@ def load_decathlon_datalist(
     func = "load_decathlon_datalist"
     image_size = check_int(func, "image_size", image_size, 1)
     path = Path(datalist_path)
-    if not path.is_file():
-        raise DataError(f"{func}: datalist_path must be an existing JSON file, got {str(path)!r}.")
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{func}: datalist_path must be a readable JSON file, got {str(path)!r} ({exc}).") from exc
+    document = load_json_file(path, func, "datalist_path")
     if not isinstance(document, dict):
         raise DataError(f"{func}: datalist must be a JSON object, got {type(document).__name__} in {str(path)!r}.")
     sections = {"training": "train", "validation": "val", "test": "test"}

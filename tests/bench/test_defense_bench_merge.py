@@ -151,7 +151,7 @@ def test_merge_refuses_bad_inputs(tmp_path):
     a = _write_output(tmp_path / "a.json", 0, [_run("none", 0.9, 0.4)])
     with pytest.raises(ConfigError, match=r"at least two JSON files, got 1"):
         merge_defense_benchmarks([a], tmp_path / "m.json")
-    with pytest.raises(DataError, match=r"is not a file"):
+    with pytest.raises(DataError, match=r"inputs must be an existing JSON file"):
         merge_defense_benchmarks([a, tmp_path / "missing.json"], tmp_path / "m.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match=r"is not valid JSON"):
