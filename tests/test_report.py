@@ -371,14 +371,19 @@ def test_bench_report_warns_when_the_undefended_model_did_not_learn(bench_json, 
     assert ("did not clearly beat always predicting the majority class" in html_text) is (not learned)
 
 
+def _bench_report_rows(content: dict, tmp_path: Path) -> tuple[str, list[dict]]:
+    """Write ``content`` as a bench JSON, report it into ``tmp_path/out``; return the HTML and the runs table's rows."""
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(content))
+    html_text = write_bench_report(path, tmp_path / "out").read_text(encoding="utf-8")
+    return html_text, [dict(r["cells"]) for r in _tables(html_text)["runs"]["rows"]]
+
+
 def test_bench_report_gives_the_standard_error_of_runs_over_several_seeds(bench_json, tmp_path):
     content = json.loads(bench_json.read_text())
     run = content["runs"][1]
     run["stderr"] = {"accuracy": 0.0123, "ssim": 0.0456, "rdlv": None}
-    path = tmp_path / "seeds.json"
-    path.write_text(json.dumps(content))
-    html_text = write_bench_report(path, tmp_path / "out").read_text(encoding="utf-8")
-    rows = [dict(r["cells"]) for r in _tables(html_text)["runs"]["rows"]]
+    html_text, rows = _bench_report_rows(content, tmp_path)
     assert rows[1]["accuracy"] == f"{format_metric('accuracy', run['accuracy'])} ± {format_metric('accuracy', 0.0123)}"
     assert rows[1]["ssim"] == f"{format_metric('ssim', run['ssim'])} ± {format_metric('ssim', 0.0456)}"
     assert rows[1]["rdlv"] == format_metric("rdlv", run["rdlv"])  # no standard error: the mean alone
@@ -396,10 +401,7 @@ def test_bench_report_gives_the_paired_differences_and_balanced_attacker_accurac
         "ssim": {"mean": 0.05, "stderr": None, "n": 1},
         "attacker_accuracy": {"mean": None, "stderr": None, "n": 0},
     }
-    path = tmp_path / "paired.json"
-    path.write_text(json.dumps(content))
-    html_text = write_bench_report(path, tmp_path / "out").read_text(encoding="utf-8")
-    rows = [dict(r["cells"]) for r in _tables(html_text)["runs"]["rows"]]
+    html_text, rows = _bench_report_rows(content, tmp_path)
     assert rows[1]["vs_none_accuracy"] == f"{format_metric('accuracy', -0.0123)} ± {format_metric('accuracy', 0.004)} (n=4)"
     assert rows[1]["vs_none_ssim"] == f"+{format_metric('ssim', 0.05)} (n=1)"
     assert rows[1]["vs_none_attacker_accuracy"] == "-" and rows[0]["vs_none_accuracy"] == "-"
