@@ -61,7 +61,8 @@ def test_bench_runs_calibrated_gaussian_and_reports_the_run_keys(tmp_path, write
     )
     assert [run["defense"] for run in result["runs"]] == ["none", "gaussian", "gaussian", "calibrated_gaussian"]
     for run in result["runs"]:
-        assert set(run) == {*RUN_KEYS, "audited_rounds"}
+        assert set(run) == {*RUN_KEYS, "audited_rounds", "attacked_label"}
+        assert run["attacked_label"] in (0, 1)  # the 1-image high-risk site's class
         assert run["audited_rounds"] == (0 if run["ssim"] is None else 1)  # the last round, unless it was blocked
     calibrated = result["runs"][-1]
     assert calibrated["params"] == {"target": 0.0} and calibrated["filter_seconds"] > 0
