@@ -528,12 +528,16 @@ def _paired_differences(records: Sequence[Mapping[str, Any]], undefended: Sequen
             for record in records
             if record["seed"] in baseline and record[key] is not None and baseline[record["seed"]][key] is not None
         ]
-        out[key] = {
-            "mean": float(np.mean(differences)) if differences else None,
-            "stderr": float(np.std(differences, ddof=1) / np.sqrt(len(differences))) if len(differences) > 1 else None,
-            "n": len(differences),
-        }
+        average, error = _mean_and_stderr(differences)
+        out[key] = {"mean": average, "stderr": error, "n": len(differences)}
     return out
+
+
+def _mean_and_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """The mean (None for no values) and its standard error, sample std / sqrt(n) (None for fewer than two)."""
+    mean = float(np.mean(values)) if values else None
+    stderr = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+    return mean, stderr
 
 
 def _write_result(result: Mapping[str, Any], json_path: str | Path) -> None:
@@ -569,9 +573,7 @@ def _mean_run(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     mean: dict[str, Any] = {"defense": per_seed[0]["defense"], "params": per_seed[0]["params"]}
     stderr: dict[str, float | None] = {}
     for key in RUN_KEYS[2:]:
-        values = [run[key] for run in per_seed if run[key] is not None]
-        mean[key] = float(np.mean(values)) if values else None
-        stderr[key] = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+        mean[key], stderr[key] = _mean_and_stderr([run[key] for run in per_seed if run[key] is not None])
     mean["stderr"] = stderr
     mean["audited_rounds"] = sum(run["audited_rounds"] for run in per_seed)
     mean["balanced_attacker_accuracy"] = _balanced_attacker_accuracy(per_seed)
