@@ -17,13 +17,15 @@ Myronenko, Li, Dogra, Feng, Flores, Kautz, Xu, Roth; IEEE TMI 2023). The server
    restarts within a tolerance of the best loss, aligned to the best one. Nothing is ever chosen
    with the ground truth.
 
-Why a consensus by default: for networks with global average pooling (``SmallCNN``, ResNets) the
-update is nearly invariant to rearranging image content (convolutions are translation
-equivariant; only zero padding and pooling phase pin positions), so many images reproduce the
-update about equally well, and on the benchmark the matching loss of a restart did not predict
-its SSIM. The mean of several restarts estimates what they agree on, which is a better estimate
-of the image (benchmark: SSIM 0.42 vs 0.33 at batch 1). The no-ground-truth residuals in
-:class:`AttackResult` always describe the best restart.
+Why a consensus by default: the update does pin the image (``SmallCNN``, each of the first 8
+training images at batch 1: the true image reproduces it to a matching loss of about 1e-5, the
+same image shifted by 8 pixels or mirrored scores 0.23-0.61), but every restart stops on a plateau
+near 0.02 where images of different layouts tie, even restarts started from the true image plus
+noise or from its 16x16 downsampling (which end at SSIM 0.6-0.8), so the matching loss of a
+restart hardly predicts its SSIM (``docs/benchmarks.md``). The mean of several restarts estimates
+what they agree on, which is a better estimate of the image (benchmark: SSIM 0.42 vs 0.33 at
+batch 1). :meth:`GradientInversionAttack.matching_loss` scores given images, e.g. the truth in an
+audit. The no-ground-truth residuals in :class:`AttackResult` always describe the best restart.
 
 The attack uses only what the server sees: the global state dict, the update of every state-dict
 entry, the training configuration (:class:`nvflare_gia.attack.threat_model.ThreatModel`) and an
@@ -479,14 +481,61 @@ class GradientInversionAttack:
         finally:
             torch.set_num_threads(previous)
 
-    def _reconstruct(self, global_state: Mapping, update: Mapping, threat: ThreatModel, prior: Any) -> AttackResult:
-        cfg = self.config
-        started = time.perf_counter()
+    def matching_loss(self, global_state: Mapping, update: Mapping, threat: ThreatModel, images: Any, labels: Any) -> float:
+        """The attack's matching loss (objective + ``bn_weight`` x BN term) of given images.
+
+        The loss :meth:`reconstruct` minimises, without the image priors. In an audit, the value of
+        the true images (about 0: they reproduce the update exactly) against ``stats["best_loss"]``
+        of a reconstruction shows how far the optimisation stopped from the global minimum; the
+        truth is only scored, never given to :meth:`reconstruct`.
+
+        Args:
+            global_state: the global model's state dict the server sent.
+            update: ``new_state - global_state`` for every state-dict entry.
+            threat: the client's training configuration.
+            images: ``(num_images, C, H, W)`` images in [0, 1] (array or tensor).
+            labels: ``(num_images,)`` integer labels of ``images``.
+
+        Returns:
+            The matching loss (lower = the images explain the update better).
+
+        Raises:
+            TypeError: if ``threat`` is not a :class:`ThreatModel` or a state is not a mapping.
+            DataError: for a malformed update or global state, images of another shape or outside
+                [0, 1], or labels that are not ``num_images`` class indices.
+        """
+        if not isinstance(threat, ThreatModel):
+            raise TypeError(f"GradientInversionAttack: threat must be a ThreatModel, got {type(threat).__name__}.")
+        shape = (threat.num_images, threat.in_channels, threat.image_size, threat.image_size)
+        image_tensor = _to_tensor(images, "images").float()
+        if tuple(image_tensor.shape) != shape or not bool(torch.isfinite(image_tensor).all()):
+            raise DataError(f"GradientInversionAttack.matching_loss: images must be finite with shape {shape}, got {tuple(image_tensor.shape)}.")
+        if float(image_tensor.min()) < 0.0 or float(image_tensor.max()) > 1.0:
+            raise DataError("GradientInversionAttack.matching_loss: images must be in [0, 1].")
+        label_tensor = _to_tensor(labels, "labels").reshape(-1)
+        if (
+            label_tensor.is_floating_point()
+            or tuple(label_tensor.shape) != (threat.num_images,)
+            or bool((label_tensor < 0).any() | (label_tensor >= threat.num_classes).any())
+        ):
+            raise DataError(
+                f"GradientInversionAttack.matching_loss: labels must be {threat.num_images} integers in [0, {threat.num_classes}), "
+                f"got {label_tensor.tolist()}."
+            )
+        problem = self._set_up(global_state, update, threat, prior=None)
+        loss, _, _ = self._matching_loss(
+            image_tensor.to(problem.device), label_tensor.long().to(problem.device), problem.simulator, problem.target,
+            problem.layout, problem.recovered, create_graph=False,
+        )
+        return float(loss.detach())
+
+    def _set_up(self, global_state: Mapping, update: Mapping, threat: ThreatModel, prior: Any) -> _Problem:
+        """Validate the inputs, recover BatchNorm statistics and labels, and build the replay."""
         model = build_model(threat.model, threat.num_classes, threat.in_channels)
         global_tensors, update_tensors = validate_update(model, global_state, update)
         model.load_state_dict(global_tensors)
         model.train()
-        device = resolve_device(cfg.device)
+        device = resolve_device(self.config.device)
         prior_tensor = _prepare_prior(prior, threat)
 
         momenta = bn_momenta(model, threat.bn_momentum)
@@ -494,14 +543,26 @@ class GradientInversionAttack:
         recovered = recover_bn_statistics(global_tensors, update_tensors, momenta, threat.num_steps)
         label_info = recover_labels(
             model, global_tensors, update_tensors, threat,
-            strategy=cfg.label_strategy, prior=prior_tensor, bn_statistics=recovered,
+            strategy=self.config.label_strategy, prior=prior_tensor, bn_statistics=recovered,
         )
         simulator = LocalTrainingSimulator(model, threat, device=device)
         names = simulator.param_names
-        target = torch.cat([update_tensors[n].reshape(-1) for n in names]).to(device, torch.float32)
-        layout = FlatLayout.from_sizes([update_tensors[n].numel() for n in names], device)
-        recovered_dev = {k: BNStatistics(v.mean.to(device), v.var.to(device)) for k, v in recovered.items()}
-        prior_dev = prior_tensor.to(device)
+        return _Problem(
+            simulator=simulator,
+            target=torch.cat([update_tensors[n].reshape(-1) for n in names]).to(device, torch.float32),
+            layout=FlatLayout.from_sizes([update_tensors[n].numel() for n in names], device),
+            recovered={k: BNStatistics(v.mean.to(device), v.var.to(device)) for k, v in recovered.items()},
+            label_info=label_info,
+            prior=prior_tensor.to(device),
+            device=device,
+        )
+
+    def _reconstruct(self, global_state: Mapping, update: Mapping, threat: ThreatModel, prior: Any) -> AttackResult:
+        cfg = self.config
+        started = time.perf_counter()
+        problem = self._set_up(global_state, update, threat, prior)
+        simulator, target, layout = problem.simulator, problem.target, problem.layout
+        recovered_dev, label_info, prior_dev, device = problem.recovered, problem.label_info, problem.prior, problem.device
 
         shape = (threat.num_images, threat.in_channels, threat.image_size, threat.image_size)
         deadline = None if cfg.max_seconds is None else started + float(cfg.max_seconds)
@@ -795,6 +856,19 @@ class GradientInversionAttack:
             best_images = best_images.clamp(0.0, 1.0)
         logger.info("restart %d/%d finished after %d iterations: best matching loss %.5g", restart + 1, cfg.restarts, iteration, best_loss)
         return _RestartOutcome(loss=best_loss, images=best_images, soft=best_soft, iterations=iteration)
+
+
+@dataclasses.dataclass
+class _Problem:
+    """One attack problem: the replay, the observed update and what was recovered from it."""
+
+    simulator: LocalTrainingSimulator
+    target: torch.Tensor
+    layout: FlatLayout
+    recovered: dict[str, BNStatistics]
+    label_info: LabelRecovery
+    prior: torch.Tensor
+    device: torch.device
 
 
 @dataclasses.dataclass

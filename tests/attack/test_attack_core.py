@@ -119,3 +119,39 @@ def test_malformed_update_is_rejected_with_the_key_and_shapes(xrays, client_roun
 def test_attack_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         AttackConfig(**kwargs)
+
+
+def test_matching_loss_is_about_zero_at_the_truth_and_not_at_a_moved_image(xrays, client_round):
+    """The update pins the image: the true image reproduces it; the same image shifted or mirrored does not."""
+    images, labels = xrays[0][:1], xrays[1][:1]
+    _, global_state, update = client_round(images, labels, 1)
+    attack = GradientInversionAttack(AttackConfig(device="cpu"))
+    threat = ThreatModel()
+    truth = attack.matching_loss(global_state, update, threat, images, labels)
+    shifted = attack.matching_loss(global_state, update, threat, torch.roll(images, 8, dims=-1), labels)
+    mirrored = attack.matching_loss(global_state, update, threat, images.flip(-1), labels)
+    assert truth < 1e-3
+    assert shifted > 100 * truth and mirrored > 100 * truth
+
+
+@pytest.mark.parametrize(
+    ("images_shape", "labels", "match"),
+    [
+        ((2, 1, 64, 64), [0], "images must be finite with shape"),
+        ((1, 1, 64, 64), [0, 1], "labels must be 1 integers"),
+        ((1, 1, 64, 64), [2], "labels must be 1 integers in \\[0, 2\\)"),
+        ((1, 1, 64, 64), [0.5], "labels must be"),
+    ],
+)
+def test_matching_loss_names_bad_images_and_labels(xrays, client_round, images_shape, labels, match):
+    _, global_state, update = client_round(xrays[0][:1], xrays[1][:1], 1)
+    with pytest.raises(DataError, match=match):
+        GradientInversionAttack(AttackConfig(device="cpu")).matching_loss(
+            global_state, update, ThreatModel(), torch.rand(images_shape), np.array(labels)
+        )
+
+
+def test_matching_loss_rejects_images_outside_the_unit_range(xrays, client_round):
+    _, global_state, update = client_round(xrays[0][:1], xrays[1][:1], 1)
+    with pytest.raises(DataError, match="images must be in \\[0, 1\\]"):
+        GradientInversionAttack(AttackConfig(device="cpu")).matching_loss(global_state, update, ThreatModel(), 255.0 * xrays[0][:1], xrays[1][:1])
