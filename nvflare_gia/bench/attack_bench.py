@@ -7,6 +7,11 @@ server sees (global model, update, hyperparameters, a prior image). Every settin
 priors: ``flat`` (gray 0.5) and ``val_mean`` (the mean image of the ``val_images`` split, which
 holds none of the attacked images; the attack starts from it). Metrics after Hungarian matching
 against the true images; RDLV relative to the SSIM of the prior the attack was given.
+
+Beside the image metrics each run records ``matching_loss`` (the attack's best restart) and
+``truth_matching_loss`` (the same loss of the true images, scored after the attack): their gap
+tells a weak result caused by the optimisation (the truth explains the update far better than
+anything the attack found) from one caused by an update that does not determine the images.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ DEFAULT_DATA = Path(nvflare_gia.__file__).resolve().parents[2] / "shared" / "dat
 PRIORS = ("flat", "val_mean")
 RUN_KEYS = (
     "model", "batch_size", "prior", "seconds", "iterations", "ms_per_iteration", "ms_per_train_step",
-    "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy",
+    "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy", "matching_loss", "truth_matching_loss",
 )
 
 
@@ -78,7 +83,9 @@ def _one_run(
         batch_size=batch, num_images=batch,
     )
     config = AttackConfig(max_seconds=seconds, device=device, init="noise" if prior is None else "prior")
-    result = GradientInversionAttack(config).reconstruct(global_state, update, threat, prior=prior)
+    attack = GradientInversionAttack(config)
+    result = attack.reconstruct(global_state, update, threat, prior=prior)
+    truth_loss = attack.matching_loss(global_state, update, threat, images, labels)
     report = evaluate_leakage(result.images, images, prior=prior, reconstructed_labels=result.labels, true_labels=labels)
     return {
         "model": model_name,
@@ -94,6 +101,8 @@ def _one_run(
         "rdlv": report.rdlv,
         "prior_ssim": report.prior_ssim,
         "label_accuracy": report.label_accuracy,
+        "matching_loss": float(result.stats["best_loss"]),
+        "truth_matching_loss": truth_loss,
     }
 
 
@@ -129,9 +138,10 @@ def run_attack_benchmark(*, quick: bool, data: str | None, json_path: str, secon
         run = _one_run(model_name, images, labels, splits.num_classes, seconds, device, prior_name, priors[prior_name])
         runs.append(run)
         logger.info(
-            "%-10s B=%d %-8s prior: SSIM %.3f (prior %.3f, RDLV %+.3f) PSNR %.2f dB, labels %.2f, %d iterations, %.1f ms/it vs %.1f ms/train step",
-            model_name, batch, prior_name, run["ssim"], run["prior_ssim"], run["rdlv"], run["psnr"], run["label_accuracy"], run["iterations"],
-            run["ms_per_iteration"], run["ms_per_train_step"],
+            "%-10s B=%d %-8s prior: SSIM %.3f (prior %.3f, RDLV %+.3f) PSNR %.2f dB, labels %.2f, matching loss %.3g (truth %.3g), "
+            "%d iterations, %.1f ms/it vs %.1f ms/train step",
+            model_name, batch, prior_name, run["ssim"], run["prior_ssim"], run["rdlv"], run["psnr"], run["label_accuracy"],
+            run["matching_loss"], run["truth_matching_loss"], run["iterations"], run["ms_per_iteration"], run["ms_per_train_step"],
         )
     result = {"runs": runs, "protocol": {"data": str(path), "seconds": seconds, "device": device, "quick": quick}}
     out = Path(json_path)

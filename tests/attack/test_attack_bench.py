@@ -12,7 +12,7 @@ from nvflare_gia.errors import DataError
 
 RUN_KEYS = {
     "model", "batch_size", "seconds", "iterations", "ms_per_iteration", "ms_per_train_step",
-    "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy", "prior",
+    "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy", "prior", "matching_loss", "truth_matching_loss",
 }
 
 
@@ -32,6 +32,8 @@ def test_attack_benchmark_writes_one_run_per_batch_size(tmp_path):
     assert [(run["batch_size"], run["prior"]) for run in written["runs"]] == [(1, "flat"), (1, "val_mean"), (4, "flat"), (4, "val_mean")]
     for run in written["runs"]:
         assert RUN_KEYS <= set(run) and run["iterations"] >= 1 and 0.0 <= run["label_accuracy"] <= 1.0
+        # the true images reproduce the update; a one-second attack does not get near them
+        assert run["truth_matching_loss"] < 1e-3 < run["matching_loss"]
     flat_prior_ssim = {run["batch_size"]: run["prior_ssim"] for run in written["runs"] if run["prior"] == "flat"}
     mean_prior_ssim = {run["batch_size"]: run["prior_ssim"] for run in written["runs"] if run["prior"] == "val_mean"}
     assert flat_prior_ssim != mean_prior_ssim  # RDLV is measured against the prior the attack was given
