@@ -202,7 +202,13 @@ def audit_update(
 
     Returns:
         A flat record: ``client``, ``round``, ``gia/status`` (``"ok"``), the ``gia/<metric>`` values,
-        ``gia_defense`` from the meta, and the output paths.
+        ``gia_defense`` from the meta, and the output paths. With ``truth`` holding the attacked
+        images (as many as the update's), ``gia/truth_matching_loss`` is the attack's matching loss
+        of the true images beside ``gia/matching_loss`` of its reconstruction: about 0 for an
+        undefended one-step update (the truth explains it; with several steps the client's private
+        shuffling order adds to it), so a large gap means the optimisation stopped short and the
+        leakage reported is a lower bound; a defended update the truth no longer explains better
+        than the reconstruction has lost its link to the images.
     """
     started = time.monotonic()
     threat = ThreatModel.from_meta(target.meta, threat_defaults)
@@ -214,6 +220,8 @@ def audit_update(
         truth_images, truth_labels = truth.train_images, truth.train_labels
         report = score_reconstruction(result, truth_images, truth_labels, prior=prior, classifier=classifier)
         record.update(report.to_dict())
+        if tuple(np.shape(truth_images)) == (threat.num_images, threat.in_channels, threat.image_size, threat.image_size):
+            record["gia/truth_matching_loss"] = attack.matching_loss(target.global_state, target.update, threat, truth_images, truth_labels)
         order = [gt for _, gt in report.matching]
         truth_images, truth_labels = truth_images[order], truth_labels[order]
         reconstruction_order = [rec for rec, _ in report.matching]

@@ -1,11 +1,19 @@
+import copy
 import json
 import stat
 
 import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from nvflare_gia.audit import append_record, image_grid, make_private_dir, save_reconstruction
+from nvflare_gia.attack import NUM_STEPS_META_KEY, TRAINING_META_KEY, AttackConfig, GradientInversionAttack
+from nvflare_gia.audit import AuditTarget, append_record, audit_update, image_grid, make_private_dir, save_reconstruction
 from nvflare_gia.cli import read_metrics_lines
+from nvflare_gia.data import SiteData
+from nvflare_gia.models import SmallCNN
+from nvflare_gia.training import TrainingConfig, train_local, training_meta
 
 
 def test_append_record_writes_whole_json_lines_owner_only(tmp_path):
@@ -51,3 +59,33 @@ def test_save_reconstruction_round_trips_and_is_private(tmp_path):
         assert png.format == "PNG"
     for path in files.values():
         assert stat.S_IMODE((tmp_path / "out" / path.split("/")[-1]).stat().st_mode) == 0o600
+
+
+@pytest.fixture(scope="module")
+def one_image_round(nih_cxr_path):
+    """A 1-image site's round on a real chest X-ray at 32x32: its data, the global state and the update."""
+    with np.load(nih_cxr_path) as data:
+        image = F.interpolate(torch.tensor(data["train_images"][:1], dtype=torch.float32)[:, None] / 255.0, size=32, mode="area")
+        label = torch.tensor(data["train_labels"][:1]).long()
+    torch.manual_seed(0)
+    model = SmallCNN()
+    global_state = copy.deepcopy(model.state_dict())
+    config = TrainingConfig()
+    steps = train_local(model, image, label, 1, config)
+    update = {k: (v - global_state[k]).numpy() for k, v in model.state_dict().items()}
+    meta = {NUM_STEPS_META_KEY: steps, TRAINING_META_KEY: training_meta(config, "small_cnn", image, 2, 1)}
+    site = SiteData("site-1", image.numpy(), label.numpy(), image.numpy(), label.numpy(), 1, 2, ("normal", "abnormal"))
+    return site, {k: v.numpy() for k, v in global_state.items()}, update, meta
+
+
+def test_audit_reports_the_matching_loss_of_the_truth_beside_the_reconstruction(one_image_round):
+    site, global_state, update, meta = one_image_round
+    attack = GradientInversionAttack(AttackConfig(max_iterations=20, max_seconds=None, restarts=1, device="cpu"))
+    undefended = audit_update(AuditTarget("site-1", 0, global_state, update, meta), attack, truth=site)
+    assert undefended["gia/truth_matching_loss"] < 1e-3 < undefended["gia/matching_loss"]
+    rng = np.random.default_rng(0)
+    noised = {k: v + 0.01 * rng.standard_normal(v.shape).astype(v.dtype) if "weight" in k else v for k, v in update.items()}
+    defended = audit_update(AuditTarget("site-1", 0, global_state, noised, meta), attack, truth=site)
+    assert defended["gia/truth_matching_loss"] > 100 * undefended["gia/truth_matching_loss"]
+    blind = audit_update(AuditTarget("site-1", 0, global_state, update, meta), attack)
+    assert "gia/truth_matching_loss" not in blind and blind["gia/matching_loss"] == undefended["gia/matching_loss"]

@@ -307,12 +307,14 @@ class AttackResult:
     soft_labels: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, float]:
-        """Metrics that need no ground truth, under ``gia/<metric>`` keys (lower residual = more leakage)."""
+        """Metrics that need no ground truth, under ``gia/<metric>`` keys (lower residual or matching
+        loss = more leakage); ``gia/matching_loss`` is the best restart's ``best_loss``."""
         return {
             "gia/update_residual": float(self.stats["update_residual"]),
             "gia/bn_residual": float(self.stats["bn_residual"]),
             "gia/attack_seconds": float(self.stats["seconds"]),
             "gia/attack_iterations": float(self.stats["iterations"]),
+            "gia/matching_loss": float(self.stats["best_loss"]),
         }
 
 

@@ -68,7 +68,10 @@ def test_widget_writes_metrics_and_images_for_each_selected_client_and_round(aud
     assert sorted((r["client"], r["round"]) for r in records) == [(c, r) for c in ATTACKED for r in (0, 1)]
     for record in records:
         assert record["gia/status"] == "ok", record
-        for key in ("gia/ssim", "gia/psnr", "gia/mse", "gia/rdlv", "gia/prior_ssim", "gia/label_accuracy", "gia/update_residual"):
+        for key in (
+            "gia/ssim", "gia/psnr", "gia/mse", "gia/rdlv", "gia/prior_ssim", "gia/label_accuracy", "gia/update_residual",
+            "gia/matching_loss", "gia/truth_matching_loss",
+        ):
             assert np.isfinite(record[key]), key
         with np.load(record["files"]["npz"]) as saved:
             assert saved["reconstruction"].shape == saved["truth"].shape == (record["num_images"], 1, 64, 64)
