@@ -73,6 +73,8 @@ METRIC_FORMATS: dict[str, str] = {
     "balanced_attacker_accuracy": ".3f",
     "update_residual": ".3g",
     "bn_residual": ".3g",
+    "matching_loss": ".3g",
+    "truth_matching_loss": ".3g",
     "seconds": ".3g",
     "noise_norm": ".3g",
     "accuracy": ".3f",
@@ -520,7 +522,8 @@ _LAST_COLUMNS = (
 _ALL_COLUMNS = (
     ("site", "client"), ("round", "round"), ("status", "gia/status"), ("images", "num_images"), ("SSIM", "gia/ssim"),
     ("prior SSIM", "gia/prior_ssim"), ("RDLV", "gia/rdlv"), ("PSNR dB", "gia/psnr"), ("MSE", "gia/mse"), ("IIP", "gia/iip"),
-    ("label acc.", "gia/label_accuracy"), ("update residual", "gia/update_residual"), ("attack s", "gia/seconds"),
+    ("label acc.", "gia/label_accuracy"), ("update residual", "gia/update_residual"), ("matching loss", "gia/matching_loss"),
+    ("truth's matching loss", "gia/truth_matching_loss"), ("attack s", "gia/seconds"),
 )
 
 
