@@ -182,7 +182,8 @@ def handmade_run(tmp_path) -> Path:
     lines = [
         {"client": "site-1", "round": 0, "gia/status": "ok", "gia/ssim": 0.41234, "gia/prior_ssim": 0.2, "gia/rdlv": 1.0617,
          "gia/psnr": 14.256, "gia/mse": 0.0375, "gia/iip": 1.0, "gia/label_accuracy": 0.6667, "gia/update_residual": 0.25,
-         "gia/matching_loss": 0.0213, "gia/truth_matching_loss": 5.4e-06, "gia/seconds": 4.2, "num_images": 3, "batch_size": 3, "gia_defense": defense, "files": stale},
+         "gia/matching_loss": 0.0213, "gia/truth_matching_loss": 5.4e-06, "gia/seconds": 4.2, "num_images": 3, "batch_size": 3,
+         "gia_defense": defense, "files": stale},
         {"client": "site-2", "round": 0, "gia/status": "failed", "reason": "RuntimeError('boom <x>')"},
         {"client": "site-1", "round": 1, "gia/status": "ok", "gia/ssim": 0.1, "gia/prior_ssim": 0.2, "gia/rdlv": -0.5,
          "gia/psnr": 9.0, "gia/mse": 0.12, "gia/seconds": 3.9, "num_images": 3, "batch_size": 3,

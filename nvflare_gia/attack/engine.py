@@ -511,7 +511,9 @@ class GradientInversionAttack:
         shape = (threat.num_images, threat.in_channels, threat.image_size, threat.image_size)
         image_tensor = _to_tensor(images, "images").float()
         if tuple(image_tensor.shape) != shape or not bool(torch.isfinite(image_tensor).all()):
-            raise DataError(f"GradientInversionAttack.matching_loss: images must be finite with shape {shape}, got {tuple(image_tensor.shape)}.")
+            raise DataError(
+                f"GradientInversionAttack.matching_loss: images must be finite with shape {shape}, got {tuple(image_tensor.shape)}."
+            )
         if float(image_tensor.min()) < 0.0 or float(image_tensor.max()) > 1.0:
             raise DataError("GradientInversionAttack.matching_loss: images must be in [0, 1].")
         label_tensor = _to_tensor(labels, "labels").reshape(-1)

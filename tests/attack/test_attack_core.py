@@ -154,4 +154,6 @@ def test_matching_loss_names_bad_images_and_labels(xrays, client_round, images_s
 def test_matching_loss_rejects_images_outside_the_unit_range(xrays, client_round):
     _, global_state, update = client_round(xrays[0][:1], xrays[1][:1], 1)
     with pytest.raises(DataError, match="images must be in \\[0, 1\\]"):
-        GradientInversionAttack(AttackConfig(device="cpu")).matching_loss(global_state, update, ThreatModel(), 255.0 * xrays[0][:1], xrays[1][:1])
+        GradientInversionAttack(AttackConfig(device="cpu")).matching_loss(
+            global_state, update, ThreatModel(), 255.0 * xrays[0][:1], xrays[1][:1]
+        )
