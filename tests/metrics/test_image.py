@@ -71,6 +71,17 @@ def test_ssim_of_identical_images_is_one(cxr):
     np.testing.assert_allclose(compute_ssim(cxr[:4], cxr[:4]), 1.0, rtol=1e-12)
 
 
+def test_ssim_stays_at_most_one_for_a_copy_that_differs_by_float32_rounding(cxr):
+    # 0.5 + (x - 0.5) in float32 differs from x by rounding; scikit-image then returns 1 + 2e-16
+    # for many of these images, which must not leave SSIM's range.
+    truth = cxr[:8].astype(np.float32)
+    copy = np.float32(0.5) + (truth - np.float32(0.5))
+    assert not np.array_equal(copy, truth)
+    values = compute_ssim(copy, truth)
+    assert np.all(values <= 1.0)
+    np.testing.assert_allclose(values, 1.0, rtol=1e-12)
+
+
 def test_ssim_with_data_range_255_matches_skimage(cxr, rng):
     truth = cxr[:2] * 255
     rec = _noisy(cxr[:2], 0.1, rng) * 255

@@ -293,6 +293,15 @@ def test_full_report_to_dict_has_every_key_and_is_json_safe(cxr, rng):
     assert len(report.per_image_ssim) == len(report.matching) == report.num_images == 3
 
 
+def test_report_of_a_reconstruction_equal_to_the_truth_up_to_float32_rounding():
+    # A perfect attack: SSIM 1 (not 1 + 2e-16, which made RDLV's range check raise).
+    truth = np.random.default_rng(0).random((1, 16, 16)).astype(np.float32)
+    reconstruction = np.float32(0.3) + (truth - np.float32(0.3))
+    report = evaluate_leakage(reconstruction, truth)
+    assert report.ssim == 1.0
+    assert report.rdlv == pytest.approx((1.0 - report.prior_ssim) / report.prior_ssim)
+
+
 def test_minimal_report_omits_none_values_and_stays_finite_for_exact_copies(rng):
     truth = rng.random((2, 8, 8))
     values = evaluate_leakage(truth, truth).to_dict()
