@@ -186,6 +186,17 @@ def _npz_labels(path: Path, key: str, labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """Read ``archive[key]``; an object array (it needs pickle, which stays off) raises ``DataError``."""
+    try:
+        return archive[key]
+    except ValueError as exc:
+        raise DataError(
+            f"load_npz: {key} in {str(path)!r} must be a numeric or string array readable without pickle, got: {exc}. "
+            "Save object arrays with a concrete dtype, e.g. np.asarray(values, dtype=str) for class names."
+        ) from exc
+
+
 def _default_class_names(labels: Sequence[np.ndarray]) -> tuple[str, ...]:
     """``("class_0", ..., "class_<max label>")`` over all label arrays."""
     top = max(int(lab.max()) for lab in labels if lab.size)
@@ -233,8 +244,8 @@ def load_npz(path: str | os.PathLike, image_size: int | None = None) -> DatasetS
                 key = f"{split}_{kind}"
                 if key not in archive.files:
                     raise DataError(f"load_npz: key {key!r} is missing from {str(path)!r}; present keys: {present!r}.")
-                arrays[key] = archive[key]
-        raw_names = archive["class_names"] if "class_names" in archive.files else None
+                arrays[key] = _npz_array(archive, key, path)
+        raw_names = _npz_array(archive, "class_names", path) if "class_names" in archive.files else None
     images = {split: _npz_images(path, f"{split}_images", arrays[f"{split}_images"]) for split in _SPLITS}
     labels = {split: _npz_labels(path, f"{split}_labels", arrays[f"{split}_labels"]) for split in _SPLITS}
     for split in _SPLITS:
@@ -484,6 +495,11 @@ def load_decathlon_datalist(
         present = key in document
         if present and (not isinstance(document[key], list) or not document[key]):
             raise DataError(f"{func}: {key!r} must be a non-empty list, got {document[key]!r} in {str(path)!r}.")
+        for i, item in enumerate(document[key] if present else ()):
+            if not isinstance(item, dict):  # MONAI would raise a TypeError that names neither the item nor the file
+                raise DataError(
+                    f"{func}: {key}[{i}] must be an object with 'image' and 'label', got {item!r} in {str(path)!r}."
+                )
         if key == "training" and not present:
             raise DataError(
                 f"{func}: key 'training' is missing from {str(path)!r}; present keys: {sorted(document)!r}."

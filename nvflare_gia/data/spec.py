@@ -141,11 +141,14 @@ class DataSpec:
         if duplicates:
             raise ConfigError(f"DataSpec: site_names must be unique, got duplicates {duplicates!r} in {names!r}.")
         object.__setattr__(self, "site_names", names)
-        check_int("DataSpec", "batch_size", self.batch_size, 1)
+        # Store Python ints (not NumPy integers), so that to_json can serialise them.
+        object.__setattr__(self, "batch_size", check_int("DataSpec", "batch_size", self.batch_size, 1))
         min_size = _SYNTHETIC_MIN_IMAGE_SIZE if source == _SYNTHETIC_SOURCE else 1
-        check_int("DataSpec", "image_size", self.image_size, min_size, allow_none=True)
-        check_int("DataSpec", "seed", self.seed, 0)
-        check_int("DataSpec", "max_train_images", self.max_train_images, 1, allow_none=True)
+        image_size = check_int("DataSpec", "image_size", self.image_size, min_size, allow_none=True)
+        object.__setattr__(self, "image_size", image_size)
+        object.__setattr__(self, "seed", check_int("DataSpec", "seed", self.seed, 0))
+        max_train = check_int("DataSpec", "max_train_images", self.max_train_images, 1, allow_none=True)
+        object.__setattr__(self, "max_train_images", max_train)
 
     def to_dict(self) -> dict:
         """Return the spec as plain JSON types (``scheme`` as its string, ``site_names`` as a list)."""

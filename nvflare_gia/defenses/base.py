@@ -99,10 +99,9 @@ class DefenseContext:
 
     def __post_init__(self) -> None:
         owner = "DefenseContext"
-        _check_optional_int(owner, "round_index", self.round_index, 0)
-        _check_optional_int(owner, "batch_size", self.batch_size, 1)
-        _check_optional_int(owner, "num_classes", self.num_classes, 2)
-        _check_optional_int(owner, "in_channels", self.in_channels, 1)
+        # Store Python ints: NumPy integers pass the check but ThreatModel (the self-audit) rejects them.
+        for name, minimum in (("round_index", 0), ("batch_size", 1), ("num_classes", 2), ("in_channels", 1)):
+            object.__setattr__(self, name, _check_optional_int(owner, name, getattr(self, name), minimum))
         if self.training is not None and not isinstance(self.training, TrainingConfig):
             raise TypeError(f"{owner}: training must be a TrainingConfig or None, got {type(self.training).__name__}.")
         if self.model is not None and (not isinstance(self.model, str) or self.model.lower() not in MODEL_NAMES):

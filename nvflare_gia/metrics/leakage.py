@@ -47,6 +47,9 @@ DEFAULT_PRIOR_VALUE = 0.5
 
 _PREFIX = "gia/"
 _CLASSIFIER_BATCH = 256
+# Largest max-abs difference for which a site image counts as the true image: one 8-bit grey level.
+# Covers a float16 (error <= 2.5e-4) or bfloat16 (<= 2e-3) copy; distinct images differ far more.
+_SAME_IMAGE_TOL = 1.0 / 255.0
 
 
 def compute_rdlv(reconstruction_ssim: float, prior_ssim: float) -> float:
@@ -240,7 +243,8 @@ def compute_classifier_accuracy(classifier: torch.nn.Module, reconstruction: Any
         classifier.eval()
         with torch.no_grad():
             for start in range(0, len(images), _CLASSIFIER_BATCH):
-                batch = torch.from_numpy(images[start : start + _CLASSIFIER_BATCH]).unsqueeze(1)
+                # A copy: torch.from_numpy rejects negative strides (``x[::-1]``) and warns on read-only arrays.
+                batch = torch.from_numpy(images[start : start + _CLASSIFIER_BATCH].copy()).unsqueeze(1)
                 logits = classifier(batch.to(device=device, dtype=dtype))
                 predictions.append(_logits_to_classes(logits, len(batch), func=func))
     finally:
@@ -533,7 +537,7 @@ def _check_length(values: np.ndarray, expected: int, *, func: str, arg: str, per
 def _check_site_holds_truth(site: np.ndarray, indices: np.ndarray, ground_truth: np.ndarray, *, func: str) -> None:
     """Catch a wrong index mapping: the site images at the given indices must be the true images."""
     diff = np.abs(site[indices] - ground_truth).max(axis=(1, 2))
-    bad = np.flatnonzero(diff > 1e-4)
+    bad = np.flatnonzero(diff > _SAME_IMAGE_TOL)
     if bad.size:
         j = int(bad[0])
         raise DataError(

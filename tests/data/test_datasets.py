@@ -105,6 +105,15 @@ def test_load_npz_raises_when_file_is_not_npz(tmp_path: Path) -> None:
         load_npz(bad)
 
 
+@pytest.mark.parametrize("key", ["class_names", "val_images"])
+def test_load_npz_raises_naming_the_key_of_an_object_array(tmp_path: Path, key: str) -> None:
+    # pandas columns and lists of arrays are saved as dtype=object, which needs pickle to load
+    value = np.array(["normal", "abnormal"], dtype=object) if key == "class_names" else np.empty(3, dtype=object)
+    path = _write_npz(tmp_path / "d.npz", **{key: value})
+    with pytest.raises(DataError, match=rf"load_npz: {key} in '.*d\.npz' must be a numeric or string array readable without pickle, got: Object arrays"):
+        load_npz(path)
+
+
 def test_load_npz_raises_naming_missing_key_and_present_keys(tmp_path: Path) -> None:
     path = _write_npz(tmp_path / "d.npz", val_labels=None)
     with pytest.raises(DataError, match=r"key 'val_labels' is missing .*present keys: \[.*'train_images'"):
@@ -332,6 +341,15 @@ def test_load_decathlon_datalist_raises_when_label_not_int(tmp_path: Path) -> No
     document["training"][3]["label"] = "pneumonia"
     path.write_text(json.dumps(document))
     with pytest.raises(DataError, match=r"training\[3\]\['label'\] must be an int >= 0, got 'pneumonia'"):
+        load_decathlon_datalist(path)
+
+
+def test_load_decathlon_datalist_raises_data_error_naming_an_item_that_is_not_an_object(tmp_path: Path) -> None:
+    path = _write_datalist(tmp_path / "dl", {"training": 6})
+    document = json.loads(path.read_text())
+    document["training"][4] = "training_4.png"
+    path.write_text(json.dumps(document))
+    with pytest.raises(DataError, match=r"training\[4\] must be an object with 'image' and 'label', got 'training_4.png'"):
         load_decathlon_datalist(path)
 
 

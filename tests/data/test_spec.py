@@ -44,6 +44,14 @@ def test_data_spec_round_trips_through_json() -> None:
     assert DataSpec.from_json(text) == spec
 
 
+def test_data_spec_with_numpy_ints_round_trips_through_json() -> None:
+    spec = DataSpec(source="x.npz", scheme="even", site_names=("a", "b"), batch_size=np.int64(4),
+                    image_size=np.int32(32), seed=np.int64(3), max_train_images=np.int64(50))
+    assert json.loads(spec.to_json())["batch_size"] == 4
+    assert all(type(spec.to_dict()[k]) is int for k in ("batch_size", "image_size", "seed", "max_train_images"))
+    assert DataSpec.from_json(spec.to_json()) == spec
+
+
 def test_data_spec_reads_json_file_path(tmp_path: Path) -> None:
     path = tmp_path / "spec.json"
     path.write_text(json.dumps({"scheme": "tmi2023", "site_names": ["h", "s", "l"]}))

@@ -167,6 +167,14 @@ def test_evaluate_leakage_rejects_indices_that_do_not_point_at_the_truth(cxr):
         evaluate_leakage(site[[5, 6]], site[[5, 6]], site_images=site, ground_truth_indices=[6, 5])
 
 
+def test_evaluate_leakage_accepts_a_half_precision_copy_of_the_site_images(cxr):
+    site = cxr[:20].astype(np.float32)
+    indices = np.array([5, 11])
+    for truth in (site[indices].astype(np.float16), torch.from_numpy(site[indices]).bfloat16()):
+        report = evaluate_leakage(site[indices], truth, site_images=site, ground_truth_indices=indices)
+        assert report.iip == 1.0
+
+
 # --- labels and classifier --------------------------------------------------------------------
 
 
@@ -205,6 +213,15 @@ def test_classifier_accuracy_with_fixed_linear_classifier():
     classifier = _mean_intensity_classifier(4)
     assert compute_classifier_accuracy(classifier, images, [0, 1, 1, 0]) == 1.0
     assert compute_classifier_accuracy(classifier, images, [0, 1, 0, 0]) == 0.75
+
+
+def test_classifier_accuracy_accepts_reversed_and_read_only_arrays():
+    images = np.stack([np.full((4, 4), v) for v in (0.2, 0.8, 0.7, 0.4)])
+    images.setflags(write=False)
+    classifier = _mean_intensity_classifier(4)
+    # images[::-1] has a negative stride, which torch.from_numpy rejects
+    assert compute_classifier_accuracy(classifier, images[::-1], [0, 1, 1, 0]) == 1.0
+    assert compute_classifier_accuracy(classifier, images[::-1, None], [0, 1, 1, 0]) == 1.0
 
 
 def test_classifier_accuracy_reads_a_single_logit_by_sign():
