@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,32 @@ logger = logging.getLogger("nvflare_gia.cli")
 
 DEFAULT_DEMO_JOB = "fedavg_cxr_audit"
 WIDGET_ID = "gia_widget"
+
+
+def _int_at_least(minimum: int):
+    """An argparse ``type`` accepting integers >= ``minimum``; the error names the allowed values."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    """An argparse ``type`` accepting a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
 
 
 def _data_spec(data: str | None, seed: int):
@@ -117,15 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the main job in the FLARE simulator on embedded synthetic images (or --data)")
     demo.add_argument("--data", default=None, help="a .npz of the shared format, an image folder or a datalist; default: synthetic")
-    demo.add_argument("--rounds", type=int, default=2)
-    demo.add_argument("--attack-seconds", type=float, default=20.0, help="wall-clock budget of each attack")
+    demo.add_argument("--rounds", type=_int_at_least(1), default=2)
+    demo.add_argument("--attack-seconds", type=_positive_seconds, default=20.0, help="wall-clock budget of each attack")
     demo.add_argument("--workspace", type=Path, default=Path("gia_runs/demo"))
     demo.add_argument("--seed", type=int, default=0)
 
     simulate = commands.add_parser("simulate", help="run any job folder (or a name under jobs/) in the simulator")
     simulate.add_argument("job")
     simulate.add_argument("--data", default=None)
-    simulate.add_argument("--rounds", type=int, default=None)
+    simulate.add_argument("--rounds", type=_int_at_least(1), default=None)
     simulate.add_argument("--workspace", type=Path, default=None)
     simulate.add_argument("--seed", type=int, default=0)
 
@@ -137,15 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--quick", action="store_true")
     attack.add_argument("--data", default=None)
     attack.add_argument("--json", required=True)
-    attack.add_argument("--seconds", type=float, default=60.0)
+    attack.add_argument("--seconds", type=_positive_seconds, default=60.0)
     attack.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     defenses = bench_commands.add_parser("defenses", help="privacy-utility of every defense (TMI 2023 protocol)")
     defenses.add_argument("--quick", action="store_true", help="smaller grid, fewer rounds (same protocol)")
     defenses.add_argument("--data", default=None)
     defenses.add_argument("--json", required=True)
-    defenses.add_argument("--rounds", type=int, default=None)
+    defenses.add_argument("--rounds", type=_int_at_least(1), default=None)
     budget = defenses.add_mutually_exclusive_group()
-    budget.add_argument("--attack-seconds", type=float, default=None, help="wall-clock budget of each attack (default 30 with --quick, else 60)")
+    budget.add_argument("--attack-seconds", type=_positive_seconds, default=None, help="wall-clock budget of each attack (default 30 with --quick, else 60)")
     budget.add_argument(
         "--attack-iterations", type=int, default=None, metavar="N",
         help="instead of seconds, N iterations per attack restart with no time limit: the same leakage numbers on every rerun",
@@ -172,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--json", required=True, help="merged output (a CSV is written beside it)")
     overhead = bench_commands.add_parser("overhead", help="seconds of each defense on 1M- and 11M-parameter updates")
     overhead.add_argument("--json", required=True)
-    overhead.add_argument("--repeats", type=int, default=5)
+    overhead.add_argument("--repeats", type=_int_at_least(1), default=5)
     overhead.add_argument("--data", default=None)
 
     report = commands.add_parser("report", help="self-contained HTML + Markdown leakage report of a run (or of a benchmark JSON with --bench)")
@@ -192,12 +219,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(poc.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "demo":
-        overrides = {WIDGET_ID: {"max_seconds": args.attack_seconds}}
-        return _simulate(DEFAULT_DEMO_JOB, args.workspace.resolve(), args.rounds, args.data, args.seed, overrides)
-    if args.command == "simulate":
-        workspace = (args.workspace or Path("gia_runs") / Path(args.job).name).resolve()
-        return _simulate(args.job, workspace, args.rounds, args.data, args.seed)
+    if args.command in ("demo", "simulate"):
+        from nvflare_gia.errors import GIAError
+
+        try:
+            if args.command == "demo":
+                overrides = {WIDGET_ID: {"max_seconds": args.attack_seconds}}
+                return _simulate(DEFAULT_DEMO_JOB, args.workspace.resolve(), args.rounds, args.data, args.seed, overrides)
+            workspace = (args.workspace or Path("gia_runs") / Path(args.job).name).resolve()
+            return _simulate(args.job, workspace, args.rounds, args.data, args.seed)
+        except GIAError as e:
+            logger.error("%s", e)
+            return 2
     if args.command == "bench" and args.bench_command == "attack":
         from nvflare_gia.bench.attack_bench import run_attack_benchmark
 

@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -31,10 +32,23 @@ GIA_TRAINING_META_KEY = "gia_training"
 DEFAULT_DATA_SPEC_FILE = "gia_data.json"
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """Raises ``ConfigError`` rather than exiting: ``sys.exit`` in the in-process trainer thread only
+    ends the thread, and FLARE then fails the task without saying why."""
+
+    def error(self, message: str) -> NoReturn:
+        options = [action.option_strings[-1] for action in self._actions if action.option_strings and action.dest != "help"]
+        raise ConfigError(f"client_train: train_args {message}; the arguments are {options}.")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the training arguments (``task_script_args`` of the job); defaults come from ``TrainingConfig``."""
+    """Parse the training arguments (``task_script_args`` of the job); defaults come from ``TrainingConfig``.
+
+    Raises:
+        ConfigError: for an unknown argument or a value of the wrong type.
+    """
     defaults = TrainingConfig()
-    parser = argparse.ArgumentParser(description="nvflare_gia client training (FLARE Client API)")
+    parser = _ArgumentParser(description="nvflare_gia client training (FLARE Client API)")
     parser.add_argument("--data_spec", default=DEFAULT_DATA_SPEC_FILE, help="DataSpec JSON file (relative to the app's config folder) or JSON text")
     parser.add_argument("--model", default="small_cnn", choices=MODEL_NAMES)
     parser.add_argument("--optimizer", default=defaults.optimizer)
@@ -45,6 +59,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return parser.parse_args(argv)
+
+
+def _training_config(args: argparse.Namespace) -> TrainingConfig:
+    """The ``TrainingConfig`` of parsed training arguments (it validates their values)."""
+    return TrainingConfig(
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        local_epochs=args.local_epochs,
+        seed=args.seed,
+    )
 
 
 def resolve_data_spec(value: str, app_config_dir: str | os.PathLike) -> DataSpec:
@@ -75,14 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from nvflare.client.tracking import SummaryWriter
 
     args = parse_args(argv)
-    config = TrainingConfig(
-        optimizer=args.optimizer,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        local_epochs=args.local_epochs,
-        seed=args.seed,
-    )
+    config = _training_config(args)
     flare.init()
     site_name = flare.get_site_name()
     spec = resolve_data_spec(args.data_spec, _app_config_dir(site_name, flare.get_job_id()))

@@ -26,6 +26,7 @@ from nvflare.widgets.widget import Widget
 
 from nvflare_gia.attack import AttackConfig, GradientInversionAttack
 from nvflare_gia.audit import AuditTarget, append_record, audit_update, make_private_dir
+from nvflare_gia.defenses._update import to_numpy
 from nvflare_gia.errors import ConfigError
 
 __all__ = ["GradientInversionWidget", "METRICS_FILE"]
@@ -35,9 +36,7 @@ _PRIORS = ("flat", "val_mean")
 
 
 def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.array(value, copy=True)
+    return np.array(to_numpy(value), copy=True)  # torch bfloat16 (no NumPy twin) becomes float32
 
 
 def _copy_arrays(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -190,6 +189,7 @@ class GradientInversionWidget(Widget):
         self._contributed: dict[int, set[str]] = {}  # selected round -> clients whose update was accepted
         self._missing_reported = False
         self._drain_deadline: float | None = None
+        self._start_error: str | None = None  # why START_RUN could not start the worker
 
     # ----------------------------------------------------------------- events
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -210,6 +210,16 @@ class GradientInversionWidget(Widget):
 
     def _start(self, fl_ctx: FLContext) -> None:
         self._reset()
+        try:
+            self._set_up(fl_ctx)
+        except Exception as e:  # no worker: updates are recorded failed with this reason, not queued
+            self._start_error = repr(e)
+            raise
+        self._worker = threading.Thread(target=self._work, name="gia-attack-worker", daemon=True)
+        self._worker.start()
+        self.log_info(fl_ctx, f"gradient inversion audit on; outputs in {self._out}")
+
+    def _set_up(self, fl_ctx: FLContext) -> None:
         self._engine = fl_ctx.get_engine()
         workspace = self._engine.get_workspace()
         job_id = fl_ctx.get_job_id()
@@ -224,9 +234,6 @@ class GradientInversionWidget(Widget):
                 unknown = sorted(set(self.clients) - set(self._data_spec.site_names))
                 if unknown:
                     self.log_warning(fl_ctx, f"clients {unknown} are not in the data spec's site_names {list(self._data_spec.site_names)}")
-        self._worker = threading.Thread(target=self._work, name="gia-attack-worker", daemon=True)
-        self._worker.start()
-        self.log_info(fl_ctx, f"gradient inversion audit on; outputs in {self._out}")
 
     def _cache_global_model(self, fl_ctx: FLContext) -> None:
         shareable = fl_ctx.get_prop(AppConstants.TRAIN_SHAREABLE)
@@ -267,31 +274,42 @@ class GradientInversionWidget(Widget):
             return
         self._contributed.setdefault(round_index, set()).add(client)
         record = {"client": client, "round": round_index}
-        global_state = self._global_models.get(round_index)
         try:
-            dxo = from_shareable(result)
-        except Exception as e:
+            target = self._target(result, record)
+        except Exception as e:  # recorded, never raised: the update must not vanish from the metrics
+            self.log_warning(fl_ctx, f"update of {client} round {round_index} not attacked: malformed update: {e!r}")
             self._record({**record, "gia/status": "failed", "reason": f"malformed update: {e!r}"})
             return
+        if target is None:
+            return
+        if self._worker is None or not self._worker.is_alive():
+            self._record({**record, "gia/status": "failed", "reason": f"the attack worker is not running (START_RUN failed: {self._start_error})"})
+            return
+        try:
+            self._queue.put_nowait(target)
+        except queue.Full:
+            self._record({**record, "gia/status": "skipped", "reason": f"attack queue full ({self.queue_size})"})
+
+    def _target(self, result: Shareable, record: dict[str, Any]) -> AuditTarget | None:
+        """The attack target of ``result``, or None after recording why it is skipped; raises for a malformed update."""
+        client, round_index = record["client"], record["round"]
+        global_state = self._global_models.get(round_index)
+        dxo = from_shareable(result)
         if global_state is None:
             self._record({**record, "gia/status": "skipped", "reason": "no cached global model for this round"})
-            return
+            return None
         num_images = (dxo.meta.get("gia_training") or {}).get("num_images")
         if isinstance(num_images, int) and num_images > self.max_images:
             self._record({**record, "gia/status": "skipped", "reason": f"{num_images} local images > max_images={self.max_images}"})
-            return
+            return None
         if dxo.data_kind == DataKind.WEIGHT_DIFF:
             update = _copy_arrays(dxo.data)
         elif dxo.data_kind == DataKind.WEIGHTS:
             update = {k: _to_numpy(v) - global_state[k] for k, v in dxo.data.items() if k in global_state}
         else:
             self._record({**record, "gia/status": "skipped", "reason": f"data kind {dxo.data_kind} carries no model update"})
-            return
-        target = AuditTarget(client, round_index, global_state, update, copy.deepcopy(dict(dxo.meta)))
-        try:
-            self._queue.put_nowait(target)
-        except queue.Full:
-            self._record({**record, "gia/status": "skipped", "reason": f"attack queue full ({self.queue_size})"})
+            return None
+        return AuditTarget(client, round_index, global_state, update, copy.deepcopy(dict(dxo.meta)))
 
     # ----------------------------------------------------------------- worker
     def _work(self) -> None:

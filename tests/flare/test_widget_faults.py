@@ -22,7 +22,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
 
@@ -218,3 +220,100 @@ def test_missing_records_cover_configured_clients_never_seen(tmp_path):
     widget.handle_event(EventType.END_RUN, FLContext())
     records = sorted((r["client"], r["round"], r["gia/status"]) for r in _offline_records(tmp_path))
     assert records == [("site-9", 0, "missing"), ("site-9", 1, "missing")]
+
+
+class _FakeEngine:
+    """What START_RUN needs of the server engine: a workspace (``root/startup`` and ``root/local``)."""
+
+    def __init__(self, root: Path) -> None:
+        from nvflare.apis.workspace import Workspace
+
+        for name in ("startup", "local"):
+            (root / name).mkdir(parents=True, exist_ok=True)
+        self.workspace = Workspace(str(root))
+
+    def get_workspace(self):
+        return self.workspace
+
+    def new_context(self):
+        raise RuntimeError("no streaming in this test")
+
+
+def _server_context(engine=None) -> FLContext:
+    from nvflare.apis.fl_context import FLContextManager
+
+    return FLContextManager(engine=engine, identity_name="server", job_id="job").new_context()
+
+
+def _deliver(widget: GradientInversionWidget, fl_ctx: FLContext, client: str, global_state: dict, result_dxo) -> None:
+    """BEFORE_TRAIN_TASK with round 0's global model, then AFTER_CONTRIBUTION_ACCEPT with ``client``'s result."""
+    from nvflare.apis.dxo import DXO, DataKind
+    from nvflare.apis.fl_constant import ReservedKey
+    from nvflare.apis.fl_context import FLContextManager
+    from nvflare.app_common.app_constant import AppConstants
+    from nvflare.app_common.app_event_type import AppEventType
+
+    fl_ctx.set_peer_context(FLContextManager(engine=None, identity_name=client, job_id="job").new_context())
+    task = DXO(DataKind.WEIGHTS, global_state).to_shareable()
+    task.set_header(AppConstants.CURRENT_ROUND, 0)
+    fl_ctx.set_prop(AppConstants.TRAIN_SHAREABLE, task, private=True, sticky=False)
+    widget.handle_event(AppEventType.BEFORE_TRAIN_TASK, fl_ctx)
+    result = result_dxo.to_shareable()
+    result.set_header(AppConstants.CURRENT_ROUND, 0)
+    result.set_peer_props({ReservedKey.IDENTITY_NAME: client})
+    fl_ctx.set_prop(AppConstants.TRAINING_RESULT, result, private=True, sticky=False)
+    widget.handle_event(AppEventType.AFTER_CONTRIBUTION_ACCEPT, fl_ctx)
+
+
+def _odd_results():
+    from nvflare.apis.dxo import DXO, DataKind
+
+    meta = {"gia_training": {"num_images": 4, "batch_size": 4}}
+    return {
+        "site-1": DXO(DataKind.WEIGHTS, {"w": np.zeros((3, 2), np.float32)}, meta),  # shape differs from the global model
+        "site-2": DXO(DataKind.WEIGHT_DIFF, {"w": np.zeros((2, 3), np.float32)}, {"gia_training": "4 images"}),  # meta not a mapping
+    }
+
+
+def test_malformed_update_is_recorded_failed_not_lost(tmp_path):
+    widget = _offline_widget(_BlockingWidget(end_run_wait_s=0.5), tmp_path)
+    fl_ctx = _server_context()
+    for client, dxo in _odd_results().items():
+        _deliver(widget, fl_ctx, client, {"w": np.zeros((2, 3), np.float32)}, dxo)
+    assert widget._queue.empty()
+    records = {r["client"]: r for r in _offline_records(tmp_path)}
+    assert sorted(records) == ["site-1", "site-2"]
+    assert all(r["gia/status"] == "failed" and r["round"] == 0 and r["reason"] for r in records.values())
+    widget.release.set()
+
+
+def test_bfloat16_update_and_global_model_are_queued_for_the_attack(tmp_path):
+    from nvflare.apis.dxo import DXO, DataKind
+
+    widget = _offline_widget(_BlockingWidget(end_run_wait_s=0.5), tmp_path)
+    global_state = {"w": torch.zeros((2, 3), dtype=torch.bfloat16)}
+    update = DXO(DataKind.WEIGHTS, {"w": torch.ones((2, 3), dtype=torch.bfloat16)}, {"gia_training": {"num_images": 1}})
+    _deliver(widget, _server_context(), "site-1", global_state, update)
+    assert _offline_records(tmp_path) == []  # neither skipped (no cached global model) nor failed
+    with widget._lock:
+        target = widget._in_progress or widget._queue.get_nowait()
+    widget.release.set()
+    assert target.global_state["w"].dtype == np.float32 and np.array_equal(target.global_state["w"], np.zeros((2, 3), np.float32))
+    assert target.update["w"].dtype == np.float32 and np.array_equal(target.update["w"], np.ones((2, 3), np.float32))
+
+
+def test_update_after_a_failed_start_run_is_recorded_failed_and_nothing_is_left_pending(tmp_path):
+    from nvflare.apis.dxo import DXO, DataKind
+
+    widget = GradientInversionWidget(audit=True)  # the app has no gia_data.json: START_RUN cannot load the data spec
+    fl_ctx = _server_context(_FakeEngine(tmp_path))
+    widget.handle_event(EventType.START_RUN, fl_ctx)
+    update = DXO(DataKind.WEIGHT_DIFF, {"w": np.ones((2, 3), np.float32)}, {"gia_training": {"num_images": 1, "batch_size": 1}})
+    _deliver(widget, fl_ctx, "site-1", {"w": np.zeros((2, 3), np.float32)}, update)
+    assert not widget._pending(), "no worker runs: END_RUN must not wait end_run_wait_s for a queued update"
+    out = Path(tmp_path) / "job" / "gia"
+    records = _offline_records(out)
+    assert [(r["client"], r["gia/status"]) for r in records] == [("site-1", "failed")]
+    assert "gia_data.json" in records[0]["reason"]
+    widget.handle_event(EventType.END_RUN, fl_ctx)
+    assert [r["gia/status"] for r in _offline_records(out)] == ["failed"]
