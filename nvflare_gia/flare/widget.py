@@ -338,6 +338,8 @@ class GradientInversionWidget(Widget):
                 return
             try:
                 self._record(record)  # outside the lock: streaming fires FLARE events
+            except Exception:  # e.g. a full disk: logged, and the worker goes on with the next update
+                logging.getLogger(__name__).exception("could not record the attack on %s round %d", target.client, target.round)
             finally:
                 with self._lock:
                     self._in_progress, self._recording = None, False

@@ -201,6 +201,29 @@ def test_hung_attack_is_recorded_not_finished_once_after_end_run_wait(tmp_path):
     assert records == [("site-1", "not_finished"), ("site-2", "not_finished")]
 
 
+def test_worker_survives_a_record_that_cannot_be_written(tmp_path, monkeypatch):
+    from nvflare_gia.flare import widget as widget_module
+
+    real_append = widget_module.append_record
+    calls = []
+
+    def append_failing_once(path, record):
+        calls.append(record["client"])
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        real_append(path, record)
+
+    monkeypatch.setattr(widget_module, "append_record", append_failing_once)
+    widget = _offline_widget(_BlockingWidget(end_run_wait_s=10.0), tmp_path)
+    widget.release.set()
+    widget._queue.put_nowait(AuditTarget("site-1", 0, {}, {}, {}))
+    widget._queue.put_nowait(AuditTarget("site-2", 0, {}, {}, {}))
+    widget.handle_event(EventType.ABOUT_TO_END_RUN, FLContext())
+    widget.handle_event(EventType.END_RUN, FLContext())
+    assert calls == ["site-1", "site-2"]
+    assert [(r["client"], r["gia/status"]) for r in _offline_records(tmp_path)] == [("site-2", "ok")]
+
+
 def test_missing_records_name_clients_without_an_accepted_update(tmp_path):
     widget = _offline_widget(GradientInversionWidget(), tmp_path)
     widget._tasked = {0: {"site-1", "site-2", "site-3"}, 1: {"site-1", "site-2"}}
