@@ -214,6 +214,9 @@ class DefenseFilter(DXOFilter):
             )
         if not isinstance(dxo.data, Mapping) or not dxo.data:
             raise DataError(f"{owner}: the task result's DXO must hold a non-empty mapping of arrays, got {dxo.data!r:.80}.")
+        stray = _arrays_outside_the_dxo(shareable)
+        if stray:
+            raise DataError(f"{owner}: the task result carries {stray} outside its DXO, which no filter defends; send the update in the DXO only.")
         result = self._apply_filter(dxo, shareable, fl_ctx)
         return result.update_shareable(shareable)
 
@@ -392,6 +395,18 @@ def _error_reply_payload(shareable: Shareable) -> str:
             continue
         else:
             carried.append(f"entry {key!r}")
+    return ", ".join(carried)
+
+
+def _arrays_outside_the_dxo(shareable: Shareable) -> str:
+    """Where a successful result holds arrays besides its DXO ("" for nowhere): its headers or other entries.
+
+    The filter defends the DXO only, so an update stashed elsewhere would leave the site undefended.
+    """
+    carried = []
+    for key, value in shareable.items():
+        if key != _DXO_KEY and _holds_arrays(value):
+            carried.append("arrays in its headers" if key == ReservedHeaderKey.HEADERS else f"arrays under entry {key!r}")
     return ", ".join(carried)
 
 

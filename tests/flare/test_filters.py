@@ -366,6 +366,20 @@ def test_filters_block_an_error_reply_that_carries_an_update(site, filter_cls):
         _run(_seeded(filter_cls), site, shareable)
 
 
+@pytest.mark.parametrize("where", ["entry", "header"])
+@pytest.mark.parametrize("filter_cls", ALL_FILTERS, ids=lambda c: c.__name__)
+def test_filters_block_a_result_that_stashes_the_update_outside_its_dxo(site, filter_cls, where):
+    shareable = _result(site)
+    raw = {k: np.array(v, copy=True) for k, v in site.update.items()}
+    if where == "entry":
+        shareable["raw_update"] = raw
+    else:
+        shareable.set_header("stash", raw)
+    expected = "arrays under entry 'raw_update'" if where == "entry" else "arrays in its headers"
+    with pytest.raises(ContentBlockedException, match=f"{expected} outside its DXO"):
+        _run(_seeded(filter_cls), site, shareable)
+
+
 @pytest.mark.parametrize("filter_cls", DATA_AWARE, ids=lambda c: c.__name__)
 def test_data_aware_filters_fail_closed_without_training_meta(site, filter_cls):
     with pytest.raises(ContentBlockedException, match="gia_training"):
