@@ -121,6 +121,7 @@ def even_sites(site_names: Sequence[str], batch_size: int = 8) -> tuple[SiteSpec
         [None, None]
     """
     names = _check_site_names("even_sites", site_names, 1)
+    batch_size = check_int("even_sites", "batch_size", batch_size, 1)
     return tuple(SiteSpec(name=name, num_images=None, batch_size=batch_size) for name in names)
 
 

@@ -323,8 +323,10 @@ class CalibratedDefense(Defense):
         owner = self.name
         if global_state is None:
             raise DataError(f"{owner}: global_state is required (the self-audit attacks the update from it).")
+        if context is None:
+            raise DataError(f"{owner}: context is required: a DefenseContext with the client's data (the self-audit scores against it).")
         if not isinstance(context, DefenseContext):
-            raise DataError(f"{owner}: context must be a DefenseContext with the client's data, got {type(context).__name__}.")
+            raise TypeError(f"{owner}: context must be a DefenseContext with the client's data, got {type(context).__name__}.")
         validate_update(update, global_state, owner=owner)
         threat = threat_from_context(context)
         round_index = context_round(context, owner)

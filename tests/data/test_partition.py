@@ -63,6 +63,12 @@ def test_partition_indices_raises_when_rest_partition_empty() -> None:
         partition_indices(9, tmi2023_sites(), seed=0)
 
 
+@pytest.mark.parametrize(("batch_size", "error"), [(0, ConfigError), (2.5, TypeError)])
+def test_even_sites_names_itself_for_a_bad_batch_size(batch_size, error) -> None:
+    with pytest.raises(error, match="even_sites: batch_size must be"):
+        even_sites(["a", "b"], batch_size=batch_size)
+
+
 def test_partition_indices_raises_when_equal_share_empty() -> None:
     with pytest.raises(DataError, match="num_items must be >= the number of sites \\(3\\).*empty partition"):
         partition_indices(2, even_sites(["a", "b", "c"]), seed=0)

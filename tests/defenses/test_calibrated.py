@@ -136,6 +136,10 @@ def test_calibrated_defense_needs_the_global_model_and_the_data(high_risk_case):
         defense.apply(high_risk_case.update, context=high_risk_case.context())
     with pytest.raises(DataError, match="missing"):
         defense.apply(high_risk_case.update, global_state=high_risk_case.global_state, context=DefenseContext(round_index=0))
+    with pytest.raises(DataError, match="context is required"):
+        defense.apply(high_risk_case.update, global_state=high_risk_case.global_state)
+    with pytest.raises(TypeError, match="context must be a DefenseContext .*got dict"):
+        defense.apply(high_risk_case.update, global_state=high_risk_case.global_state, context={"round_index": 0})
 
 
 def test_calibrated_latent_defense_wraps_the_latent_perturbation(high_risk_case):
