@@ -129,11 +129,12 @@ def run_attack_benchmark(*, quick: bool, data: str | None, json_path: str, secon
         raise DataError(f"run_attack_benchmark: data must be an existing .npz file, got {str(path)!r}.")
     splits = load_npz(path)
     plan = [("small_cnn", 1), ("small_cnn", 4)] + ([] if quick else [("small_cnn", 8), ("resnet18", 1), ("resnet18", 4)])
+    largest = max(batch for _, batch in plan)
+    if largest > len(splits.train_labels):
+        raise DataError(f"run_attack_benchmark: data has {len(splits.train_labels)} training images, fewer than batch {largest}.")
     priors = {"flat": None, "val_mean": splits.val_images.mean(axis=0)}
     runs = []
     for (model_name, batch), prior_name in itertools.product(plan, PRIORS):
-        if batch > len(splits.train_labels):
-            raise DataError(f"run_attack_benchmark: data has {len(splits.train_labels)} training images, fewer than batch {batch}.")
         images, labels = splits.train_images[:batch], splits.train_labels[:batch]
         run = _one_run(model_name, images, labels, splits.num_classes, seconds, device, prior_name, priors[prior_name])
         runs.append(run)

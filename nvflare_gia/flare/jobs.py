@@ -83,10 +83,16 @@ def prepare_job(
         The prepared job folder.
 
     Raises:
-        ConfigError: for a bad override.
+        ConfigError: for a bad override, or a destination that is, holds or lies inside the source.
     """
     src = find_job(source)
     dst = Path(destination)
+    resolved = dst.resolve()
+    if resolved == src or src.is_relative_to(resolved) or resolved.is_relative_to(src):
+        # the destination is deleted first: it must neither be nor hold the source, nor lie inside it
+        raise ConfigError(
+            f"prepare_job: destination must not be, contain or lie inside the source job {str(src)!r}, got {str(destination)!r}."
+        )
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
@@ -196,8 +202,14 @@ def run_simulator(
     Returns:
         The run's outcome; the simulator's output is kept in ``<workspace>.log`` (the simulator owns
         the workspace folder itself).
+
+    Raises:
+        ConfigError: if the workspace path contains whitespace (the simulator cannot start its clients there).
     """
     ws = Path(workspace).resolve()
+    if any(c.isspace() for c in str(ws)):
+        # nvflare simulator starts each client with shlex.split of an unquoted command line
+        raise ConfigError(f"run_simulator: workspace must not contain whitespace, got {str(ws)!r}.")
     if ws.exists():
         shutil.rmtree(ws)
     allow_package_components(ws / "local")

@@ -125,7 +125,7 @@ def poc_env(workspace: str | os.PathLike | None = None) -> dict[str, str]:
     env["NVFLARE_POC_WORKSPACE"] = str(ws)
     bin_dir = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     if not _is_writable_dir(env.get("HOME")):
         home = _fallback_home(ws)
