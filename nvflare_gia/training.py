@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -26,6 +27,11 @@ class OptimizerName(str, enum.Enum):
 
     SGD = "sgd"
     ADAM = "adam"
+
+
+def _is_real(value) -> bool:
+    """Whether ``value`` is a finite real number (NumPy scalars included, ``bool`` excluded)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +61,17 @@ class TrainingConfig:
         allowed = [o.value for o in OptimizerName]
         if self.optimizer not in allowed:
             raise ConfigError(f"TrainingConfig: optimizer must be one of {allowed}, got {self.optimizer!r}.")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not (_is_real(self.lr) and self.lr > 0):
             raise ConfigError(f"TrainingConfig: lr must be a finite number > 0, got {self.lr!r}.")
-        if not 0.0 <= self.momentum < 1.0:
+        if not (_is_real(self.momentum) and 0.0 <= self.momentum < 1.0):
             raise ConfigError(f"TrainingConfig: momentum must be in [0, 1), got {self.momentum!r}.")
-        if self.weight_decay < 0:
-            raise ConfigError(f"TrainingConfig: weight_decay must be >= 0, got {self.weight_decay!r}.")
-        if int(self.local_epochs) != self.local_epochs or self.local_epochs < 1:
+        if not (_is_real(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"TrainingConfig: weight_decay must be a finite number >= 0, got {self.weight_decay!r}.")
+        if not (_is_real(self.local_epochs) and int(self.local_epochs) == self.local_epochs and self.local_epochs >= 1):
             raise ConfigError(f"TrainingConfig: local_epochs must be an integer >= 1, got {self.local_epochs!r}.")
+        for name in ("lr", "momentum", "weight_decay"):  # plain floats: NumPy scalars are not JSON-serialisable
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "local_epochs", int(self.local_epochs))
 
     def to_dict(self) -> dict:
         """Return the hyperparameters as a JSON-serialisable dict (sent in the update's meta)."""

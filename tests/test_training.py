@@ -58,3 +58,30 @@ def test_evaluate_restores_training_mode_and_scores_perfect_model():
 def test_training_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         TrainingConfig(**kwargs)
+
+
+def test_training_config_stores_an_integral_float_local_epochs_as_int():
+    config = TrainingConfig(local_epochs=2.0)
+    assert config.local_epochs == 2 and isinstance(config.local_epochs, int)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"weight_decay": float("nan")}, "weight_decay"),
+        ({"weight_decay": float("inf")}, "weight_decay"),
+        ({"momentum": "0.9"}, "momentum"),
+        ({"weight_decay": "0"}, "weight_decay"),
+        ({"lr": True}, "lr"),
+        ({"local_epochs": float("inf")}, "local_epochs"),
+        ({"local_epochs": float("nan")}, "local_epochs"),
+    ],
+)
+def test_training_config_names_the_argument_for_non_finite_or_non_numeric_values(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainingConfig(**kwargs)
+
+
+def test_training_config_accepts_numpy_scalars():
+    config = TrainingConfig(lr=np.float32(0.05), momentum=np.float32(0.5), weight_decay=np.float32(0.0), local_epochs=np.int64(2))
+    assert config.local_epochs == 2

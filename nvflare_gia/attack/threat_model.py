@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,7 @@ _REQUIRED_KEYS = ("batch_size", "num_images")
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and int(value) == value
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and int(value) == value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,7 @@ class ThreatModel:
             object.__setattr__(self, "num_steps", int(self.num_steps))
         if self.bn_momentum is not None:
             m = self.bn_momentum
-            if isinstance(m, bool) or not isinstance(m, (int, float)) or not (0.0 < m <= 1.0):
+            if isinstance(m, bool) or not isinstance(m, numbers.Real) or not (0.0 < m <= 1.0):
                 raise ConfigError(f"ThreatModel: bn_momentum must be in (0, 1] or None, got {m!r}.")
             object.__setattr__(self, "bn_momentum", float(m))
 
@@ -124,8 +125,9 @@ class ThreatModel:
         """Build the threat model from an update's meta.
 
         Values come from ``meta["gia_training"]`` first, then from ``defaults`` (same flat keys,
-        e.g. from the widget's configuration), then from the dataclass defaults. ``batch_size``
-        and ``num_images`` have no safe default and must be given by one of the two mappings.
+        e.g. from the widget's configuration), then from the dataclass defaults; ``None`` in either
+        mapping counts as unset. ``batch_size`` and ``num_images`` have no safe default and must be
+        given by one of the two mappings.
         ``meta["NUM_STEPS_CURRENT_ROUND"]``, when present, is checked against the batch split.
 
         Args:
@@ -146,7 +148,7 @@ class ThreatModel:
             raise ConfigError(
                 f"ThreatModel.from_meta: meta[{TRAINING_META_KEY!r}] must be a mapping, got {type(reported).__name__}."
             )
-        merged: dict[str, Any] = dict(defaults or {})
+        merged: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if v is not None}
         merged.update({k: v for k, v in reported.items() if v is not None})
         known = set(_TRAINING_KEYS) | set(_THREAT_KEYS) | {"seed", "num_steps"}
         unknown = sorted(set(merged) - known)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from nvflare_gia.attack import (
@@ -72,3 +73,21 @@ def test_bn_momenta_reads_modules_or_override():
     assert set(bn_momenta(model).values()) == {0.1}
     assert set(bn_momenta(model, 0.3).values()) == {0.3}
     assert len(bn_momenta(model)) == 3
+
+
+def test_threat_model_batch_split_works_with_float_local_epochs():
+    threat = ThreatModel(batch_size=2, num_images=3, training=TrainingConfig(local_epochs=2.0))
+    assert threat.batch_sizes == (2, 1, 2, 1) and threat.num_steps == 4
+
+
+def test_threat_model_accepts_numpy_scalars():
+    threat = ThreatModel(batch_size=np.int64(2), num_images=np.int32(4), num_classes=np.int64(3), bn_momentum=np.float32(0.25))
+    assert (threat.batch_size, threat.num_images, threat.num_classes, threat.num_steps) == (2, 4, 3, 2)
+    assert isinstance(threat.batch_size, int) and threat.bn_momentum == pytest.approx(0.25)
+
+
+def test_threat_model_from_meta_treats_none_defaults_as_unset():
+    threat = ThreatModel.from_meta(
+        {TRAINING_META_KEY: {"batch_size": 1, "num_images": 1}}, defaults={"momentum": None, "lr": None, "num_classes": None}
+    )
+    assert threat.training == TrainingConfig() and threat.num_classes == 2
