@@ -62,7 +62,8 @@ def fill_laplace(buffer: torch.Tensor, b: float, generator: torch.Generator) -> 
     """Fill a float tensor in place with i.i.d. Laplace(0, b) samples.
 
     ``u ~ U(-1, 1)``; ``-b · sign(u) · log|u|`` is Laplace(0, b) because ``|u| ~ U(0, 1)`` and the
-    sign is independent of it. The float32 uniforms (24-bit) cap ``|noise|`` near ``16.6 b``.
+    sign is independent of it. The float32 uniforms lie on a grid of step 2**-23, which caps ``|noise|``
+    at ``23 ln 2 · b ≈ 15.9 b``.
     """
     buffer.uniform_(-1.0, 1.0, generator=generator)
     sign = torch.sign(buffer)
