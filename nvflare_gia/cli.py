@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from nvflare_gia.errors import GIAError
+
 __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("nvflare_gia.cli")
@@ -220,8 +222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command in ("demo", "simulate"):
-        from nvflare_gia.errors import GIAError
-
         try:
             if args.command == "demo":
                 overrides = {WIDGET_ID: {"max_seconds": args.attack_seconds}}
@@ -238,7 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "bench" and args.bench_command == "defenses":
         from nvflare_gia.bench.defense_bench import parse_grid, run_defense_benchmark
-        from nvflare_gia.errors import GIAError
 
         try:
             run_defense_benchmark(
@@ -252,7 +251,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "bench" and args.bench_command == "merge":
         from nvflare_gia.bench.defense_bench import merge_defense_benchmarks
-        from nvflare_gia.errors import GIAError
 
         try:
             merged = merge_defense_benchmarks(args.inputs, args.json)
@@ -267,7 +265,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_overhead_benchmark(json_path=args.json, repeats=args.repeats, data=args.data)
         return 0
     if args.command == "report":
-        from nvflare_gia.errors import GIAError
         from nvflare_gia.report import write_bench_report, write_run_report
 
         if (args.run_dir is None) == (args.bench is None):

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +87,5 @@ def test_training_config_names_the_argument_for_non_finite_or_non_numeric_values
 def test_training_config_accepts_numpy_scalars():
     config = TrainingConfig(lr=np.float32(0.05), momentum=np.float32(0.5), weight_decay=np.float32(0.0), local_epochs=np.int64(2))
     assert config.local_epochs == 2
+    assert all(type(getattr(config, name)) is float for name in ("lr", "momentum", "weight_decay"))
+    json.dumps(config.to_dict())  # the update's meta: NumPy scalars would not serialise

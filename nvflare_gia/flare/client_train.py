@@ -11,6 +11,7 @@ from the job config.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from nvflare_gia.errors import ConfigError
 from nvflare_gia.models import MODEL_NAMES, build_model
 from nvflare_gia.training import TrainingConfig, evaluate, train_local, training_meta
 
-__all__ = ["GIA_TRAINING_META_KEY", "DEFAULT_DATA_SPEC_FILE", "parse_args", "resolve_data_spec", "main"]
+__all__ = ["GIA_TRAINING_META_KEY", "DEFAULT_DATA_SPEC_FILE", "parse_args", "training_config_from_args", "resolve_data_spec", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +62,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _training_config(args: argparse.Namespace) -> TrainingConfig:
-    """The ``TrainingConfig`` of parsed training arguments (it validates their values)."""
-    return TrainingConfig(
-        optimizer=args.optimizer,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        local_epochs=args.local_epochs,
-        seed=args.seed,
-    )
+def training_config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    """The ``TrainingConfig`` of parsed training arguments: one argument per field, validated by it.
+
+    Raises:
+        ConfigError: for a value outside a field's allowed range.
+    """
+    return TrainingConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainingConfig)})
 
 
 def resolve_data_spec(value: str, app_config_dir: str | os.PathLike) -> DataSpec:
@@ -101,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from nvflare.client.tracking import SummaryWriter
 
     args = parse_args(argv)
-    config = _training_config(args)
+    config = training_config_from_args(args)
     flare.init()
     site_name = flare.get_site_name()
     spec = resolve_data_spec(args.data_spec, _app_config_dir(site_name, flare.get_job_id()))

@@ -7,7 +7,7 @@ from pathlib import Path
 from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
 from nvflare.fuel.utils.secret_utils import split_command_preserving_secret_refs
 
-from nvflare_gia.flare.client_train import _training_config, parse_args
+from nvflare_gia.flare.client_train import parse_args, training_config_from_args
 
 __all__ = ["TrainingExecutor", "TRAINING_SCRIPT"]
 
@@ -34,7 +34,7 @@ class TrainingExecutor(ClientAPIExecutor):
         if not isinstance(train_args, str):
             raise TypeError(f"TrainingExecutor: train_args must be a string of training arguments, got {train_args!r}.")
         if "${secret:" not in train_args:  # secret values are only known on the site, when the script starts
-            _training_config(parse_args(split_command_preserving_secret_refs(train_args, posix=False)))
+            training_config_from_args(parse_args(split_command_preserving_secret_refs(train_args, posix=False)))
         super().__init__(
             execution_mode="in_process",
             task_script_path=TRAINING_SCRIPT,
