@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nvflare_gia.defenses import LatentPerturbation, LatentPerturbationConfig
+from nvflare_gia.defenses import latent as latent_module
 from nvflare_gia.defenses._replay import LatentShift, build_shadow, replay_update
 from nvflare_gia.errors import ConfigError, DataError
 
@@ -72,6 +73,39 @@ def test_latent_perturbation_respects_a_tight_task_loss_bound(small_site_case):
     config = LatentPerturbationConfig(epsilon=5.0, task_loss_bound=1e-3, seed=0)
     params = LatentPerturbation(config).apply(case.update, global_state=case.global_state, context=case.context()).params
     assert params["perturbed_loss"] - params["clean_loss"] <= 1e-3 + 1e-6
+    assert params["halvings"] in (0, 1, 2, 3)
+
+
+def _task_loss_growing_with_the_shift(monkeypatch, per_unit_shift: float) -> None:
+    """Make the game's task loss exceed the clean loss by ``per_unit_shift`` × the shift's relative norm,
+    so that only halving the learned shift can meet the bound."""
+    real = latent_module._Game.task_loss
+
+    def task_loss(game, delta):
+        loss = real(game, delta)
+        if delta is None:
+            return loss
+        relative = float((delta.detach().flatten(1).norm(dim=1) / game.latent.flatten(1).norm(dim=1)).max())
+        return loss.detach().clamp_max(game.clean_loss) + per_unit_shift * relative + 0.0 * delta.sum()
+
+    monkeypatch.setattr(latent_module._Game, "task_loss", task_loss)
+
+
+def test_latent_perturbation_halves_the_shift_to_meet_the_bound_and_reports_it(small_site_case, monkeypatch):
+    case = small_site_case
+    config = LatentPerturbationConfig(epsilon=1.0, task_loss_bound=0.3, steps=1, seed=0)
+    _task_loss_growing_with_the_shift(monkeypatch, per_unit_shift=1.0)  # 1.0 -> 0.5 -> 0.25 meets 0.3
+    params = LatentPerturbation(config).apply(case.update, global_state=case.global_state, context=case.context()).params
+    assert params["halvings"] == 2
+    assert params["relative_shift"] == pytest.approx(0.25, rel=1e-4)
+
+
+def test_latent_perturbation_fails_closed_when_the_shift_would_shrink_below_an_eighth(small_site_case, monkeypatch):
+    case = small_site_case
+    config = LatentPerturbationConfig(epsilon=1.0, task_loss_bound=0.1, steps=1, seed=0)
+    _task_loss_growing_with_the_shift(monkeypatch, per_unit_shift=1.0)  # 1/8 still breaks the bound
+    with pytest.raises(DataError, match=r"no latent shift of at least 1/8 .*raise task_loss_bound or lower epsilon"):
+        LatentPerturbation(config).apply(case.update, global_state=case.global_state, context=case.context())
 
 
 def test_latent_perturbation_does_not_mutate_torch_input_and_is_reproducible(high_risk_case):
