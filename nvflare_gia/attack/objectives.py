@@ -35,33 +35,46 @@ class FlatLayout:
     """How a flat update vector splits into tensors.
 
     Attributes:
-        segment: ``(total,)`` long tensor, the tensor index of each entry.
-        num_segments: number of tensors.
+        sizes: number of entries of each tensor, in order.
     """
 
-    segment: torch.Tensor
-    num_segments: int
+    sizes: tuple[int, ...]
 
     @classmethod
-    def from_sizes(cls, sizes: Sequence[int], device: torch.device | str = "cpu") -> FlatLayout:
+    def from_sizes(cls, sizes: Sequence[int]) -> FlatLayout:
         """Layout of tensors with ``sizes`` numbers each, concatenated in order."""
-        index = torch.repeat_interleave(torch.arange(len(sizes)), torch.as_tensor(list(sizes), dtype=torch.long))
-        return cls(segment=index.to(device), num_segments=len(sizes))
+        return cls(sizes=tuple(int(size) for size in sizes))
+
+    @property
+    def num_segments(self) -> int:
+        """Number of tensors."""
+        return len(self.sizes)
 
     def segment_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Per-tensor sums of a flat vector (differentiable)."""
-        return torch.zeros(self.num_segments, dtype=values.dtype, device=values.device).index_add(0, self.segment, values)
+        """Per-tensor sums of a flat vector (differentiable).
+
+        Each tensor is summed by ``Tensor.sum`` (pairwise, float32 relative error about 1e-7 for
+        millions of entries); an ``index_add`` into one bin per tensor adds sequentially and was
+        off by 2e-3 on a 3-million-entry tensor.
+        """
+        return torch.stack([chunk.sum() for chunk in values.split(self.sizes)])
+
+
+def _sum_of_squares(values: torch.Tensor) -> torch.Tensor:
+    """``||values||^2`` by a pairwise sum: ``Tensor.norm`` on CPU float32 was off by 4e-4 (relative) on
+    11 million entries, a ResNet-18 update, enough to push a cosine distance below 0."""
+    return values.pow(2).sum()
 
 
 def l2_objective(simulated: torch.Tensor, observed: torch.Tensor, layout: FlatLayout) -> torch.Tensor:
     """Relative squared L2 distance ``||sim - obs||^2 / ||obs||^2`` (0 = perfect match)."""
-    return (simulated - observed).pow(2).sum() / observed.pow(2).sum().clamp_min(_EPS)
+    return _sum_of_squares(simulated - observed) / _sum_of_squares(observed).clamp_min(_EPS)
 
 
 def cosine_objective(simulated: torch.Tensor, observed: torch.Tensor, layout: FlatLayout) -> torch.Tensor:
     """Cosine distance ``1 - cos(sim, obs)`` over the whole update (Geiping et al., NeurIPS 2020)."""
     dot = (simulated * observed).sum()
-    return 1.0 - dot / (simulated.norm() * observed.norm()).clamp_min(_EPS)
+    return 1.0 - dot / (_sum_of_squares(simulated).sqrt() * _sum_of_squares(observed).sqrt()).clamp_min(_EPS)
 
 
 def layer_cosine_objective(simulated: torch.Tensor, observed: torch.Tensor, layout: FlatLayout) -> torch.Tensor:
