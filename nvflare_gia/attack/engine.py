@@ -57,7 +57,7 @@ from nvflare_gia.attack.labels import (
     look_up_label_strategy,
     recover_labels,
 )
-from nvflare_gia.attack.objectives import FlatLayout, look_up_objective
+from nvflare_gia.attack.objectives import FlatLayout, l2_objective, look_up_objective
 from nvflare_gia.attack.regularizers import (
     bn_matching_loss,
     prior_distance,
@@ -690,8 +690,7 @@ class GradientInversionAttack:
         """Matching loss, relative update residual and relative BN residual of the returned images."""
         matching, flat, sim = self._matching_loss(images, labels, simulator, target, layout, recovered, create_graph=False)
         flat = flat.detach()
-        # sums of squares, not Tensor.norm: its float32 CPU reduction drifts on millions of entries
-        update_residual = math.sqrt(float((flat - target).pow(2).sum()) / max(float(target.pow(2).sum()), 1e-24))
+        update_residual = math.sqrt(float(l2_objective(flat, target, layout)))
         bn_err = sum(
             float((sim.bn_statistics[k].mean - v.mean).detach().pow(2).sum() + (sim.bn_statistics[k].var - v.var).detach().pow(2).sum())
             for k, v in recovered.items()

@@ -45,11 +45,6 @@ class FlatLayout:
         """Layout of tensors with ``sizes`` numbers each, concatenated in order."""
         return cls(sizes=tuple(int(size) for size in sizes))
 
-    @property
-    def num_segments(self) -> int:
-        """Number of tensors."""
-        return len(self.sizes)
-
     def segment_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Per-tensor sums of a flat vector (differentiable).
 

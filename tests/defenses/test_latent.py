@@ -74,6 +74,7 @@ def test_latent_perturbation_respects_a_tight_task_loss_bound(small_site_case):
     params = LatentPerturbation(config).apply(case.update, global_state=case.global_state, context=case.context()).params
     assert params["perturbed_loss"] - params["clean_loss"] <= 1e-3 + 1e-6
     assert params["halvings"] in (0, 1, 2, 3)
+    assert params["relative_shift"] <= config.epsilon / 2 ** params["halvings"] + 1e-5  # the reported halvings were applied
 
 
 def _task_loss_growing_with_the_shift(monkeypatch, per_unit_shift: float) -> None:
