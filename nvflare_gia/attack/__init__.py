@@ -33,7 +33,6 @@ from nvflare_gia.attack.labels import (
 )
 from nvflare_gia.attack.objectives import (
     OBJECTIVES,
-    FlatLayout,
     ObjectiveName,
     look_up_objective,
 )
@@ -64,7 +63,6 @@ __all__ = [
     "AttackResult",
     "BNStatistics",
     "DeviceName",
-    "FlatLayout",
     "GradientInversionAttack",
     "InitName",
     "LabelRecovery",

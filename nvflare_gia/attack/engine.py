@@ -57,7 +57,7 @@ from nvflare_gia.attack.labels import (
     look_up_label_strategy,
     recover_labels,
 )
-from nvflare_gia.attack.objectives import FlatLayout, l2_objective, look_up_objective
+from nvflare_gia.attack.objectives import l2_objective, look_up_objective
 from nvflare_gia.attack.regularizers import (
     bn_matching_loss,
     prior_distance,
@@ -529,7 +529,7 @@ class GradientInversionAttack:
         problem = self._set_up(global_state, update, threat, prior=None)
         loss, _, _ = self._matching_loss(
             image_tensor.to(problem.device), label_tensor.long().to(problem.device), problem.simulator, problem.target,
-            problem.layout, problem.recovered, create_graph=False,
+            problem.recovered, create_graph=False,
         )
         return float(loss.detach())
 
@@ -553,8 +553,7 @@ class GradientInversionAttack:
         names = simulator.param_names
         return _Problem(
             simulator=simulator,
-            target=torch.cat([update_tensors[n].reshape(-1) for n in names]).to(device, torch.float32),
-            layout=FlatLayout.from_sizes([update_tensors[n].numel() for n in names]),
+            target=[update_tensors[n].to(device, torch.float32) for n in names],
             recovered={k: BNStatistics(v.mean.to(device), v.var.to(device)) for k, v in recovered.items()},
             label_info=label_info,
             prior=prior_tensor.to(device),
@@ -565,7 +564,7 @@ class GradientInversionAttack:
         cfg = self.config
         started = time.perf_counter()
         problem = self._set_up(global_state, update, threat, prior)
-        simulator, target, layout = problem.simulator, problem.target, problem.layout
+        simulator, target = problem.simulator, problem.target
         recovered_dev, label_info, prior_dev, device = problem.recovered, problem.label_info, problem.prior, problem.device
 
         shape = (threat.num_images, threat.in_channels, threat.image_size, threat.image_size)
@@ -575,7 +574,7 @@ class GradientInversionAttack:
         optimise_seconds = 0.0
         planned = cfg.restarts
         if deadline is not None and planned > 1:
-            seconds_per_iteration = self._calibrate(shape, simulator, target, layout, recovered_dev, label_info, device)
+            seconds_per_iteration = self._calibrate(shape, simulator, target, recovered_dev, label_info, device)
             affordable = int((deadline - time.perf_counter()) / (cfg.min_restart_iterations * seconds_per_iteration))
             planned = max(1, min(planned, affordable))
             if planned < cfg.restarts:
@@ -590,7 +589,7 @@ class GradientInversionAttack:
                 break
             restart_deadline = None if deadline is None else now + (deadline - now) / (planned - restart)
             outcome = self._run_restart(
-                restart, shape, simulator, target, layout, recovered_dev, label_info, prior_dev, restart_deadline, device
+                restart, shape, simulator, target, recovered_dev, label_info, prior_dev, restart_deadline, device
             )
             optimise_seconds += time.perf_counter() - now
             iterations += outcome.iterations
@@ -601,9 +600,9 @@ class GradientInversionAttack:
         # the update; a consensus mean is a better estimate of the images but explains it less well.
         best = outcomes[best_restart]
         _, update_residual, bn_residual = self._evaluate(
-            best.images, self._labels_tensor(label_info, best.soft, device), simulator, target, layout, recovered_dev
+            best.images, self._labels_tensor(label_info, best.soft, device), simulator, target, recovered_dev
         )
-        matching = self._evaluate(images, self._labels_tensor(label_info, soft, device), simulator, target, layout, recovered_dev)[0]
+        matching = self._evaluate(images, self._labels_tensor(label_info, soft, device), simulator, target, recovered_dev)[0]
         seconds = time.perf_counter() - started
         soft_np = None
         if soft is not None:
@@ -654,7 +653,7 @@ class GradientInversionAttack:
         return torch.as_tensor(label_info.labels, dtype=torch.long, device=device)
 
     def _calibrate(
-        self, shape: tuple[int, ...], simulator: LocalTrainingSimulator, target: torch.Tensor, layout: FlatLayout,
+        self, shape: tuple[int, ...], simulator: LocalTrainingSimulator, target: list[torch.Tensor],
         recovered: Mapping[str, BNStatistics], label_info: LabelRecovery, device: torch.device,
     ) -> float:
         """Seconds of one optimisation iteration, timed on the second of two iterations on random images."""
@@ -666,31 +665,31 @@ class GradientInversionAttack:
         elapsed = 0.0
         for _ in range(2):
             started = time.perf_counter()
-            loss, _, _ = self._matching_loss(images, labels, simulator, target, layout, recovered, create_graph=True)
+            loss, _, _ = self._matching_loss(images, labels, simulator, target, recovered, create_graph=True)
             torch.autograd.grad(loss + total_variation(images), [images])
             elapsed = time.perf_counter() - started
         return max(elapsed, 1e-6)
 
     def _matching_loss(
-        self, images: torch.Tensor, labels: torch.Tensor, simulator: LocalTrainingSimulator, target: torch.Tensor,
-        layout: FlatLayout, recovered: Mapping[str, BNStatistics], create_graph: bool,
+        self, images: torch.Tensor, labels: torch.Tensor, simulator: LocalTrainingSimulator, target: list[torch.Tensor],
+        recovered: Mapping[str, BNStatistics], create_graph: bool,
     ):
-        """Objective + bn_weight * BN matching on ``images``; also returns the simulation."""
+        """Objective + bn_weight * BN matching on ``images``; also returns the simulated update's
+        parameter tensors (in ``target``'s order) and the simulation."""
         sim = simulator.run(images, labels, create_graph=create_graph)
-        flat = torch.cat([sim.update[n].reshape(-1) for n in simulator.param_names])
-        matching = look_up_objective(self.config.objective)(flat, target, layout)
+        simulated = [sim.update[n] for n in simulator.param_names]
+        matching = look_up_objective(self.config.objective)(simulated, target)
         if self.config.bn_weight:
             matching = matching + self.config.bn_weight * bn_matching_loss(sim.bn_statistics, recovered)
-        return matching, flat, sim
+        return matching, simulated, sim
 
     def _evaluate(
-        self, images: torch.Tensor, labels: torch.Tensor, simulator: LocalTrainingSimulator, target: torch.Tensor,
-        layout: FlatLayout, recovered: Mapping[str, BNStatistics],
+        self, images: torch.Tensor, labels: torch.Tensor, simulator: LocalTrainingSimulator, target: list[torch.Tensor],
+        recovered: Mapping[str, BNStatistics],
     ) -> tuple[float, float, float]:
         """Matching loss, relative update residual and relative BN residual of the returned images."""
-        matching, flat, sim = self._matching_loss(images, labels, simulator, target, layout, recovered, create_graph=False)
-        flat = flat.detach()
-        update_residual = math.sqrt(float(l2_objective(flat, target, layout)))
+        matching, simulated, sim = self._matching_loss(images, labels, simulator, target, recovered, create_graph=False)
+        update_residual = math.sqrt(float(l2_objective([t.detach() for t in simulated], target)))
         bn_err = sum(
             float((sim.bn_statistics[k].mean - v.mean).detach().pow(2).sum() + (sim.bn_statistics[k].var - v.var).detach().pow(2).sum())
             for k, v in recovered.items()
@@ -757,8 +756,7 @@ class GradientInversionAttack:
         restart: int,
         shape: tuple[int, ...],
         simulator: LocalTrainingSimulator,
-        target: torch.Tensor,
-        layout: FlatLayout,
+        target: list[torch.Tensor],
         recovered: Mapping[str, BNStatistics],
         label_info: LabelRecovery,
         prior: torch.Tensor,
@@ -818,7 +816,7 @@ class GradientInversionAttack:
                 group["lr"] = lr
             images = self._to_images(z, size)
             labels = hard if soft is None else torch.softmax(soft, dim=1)
-            matching, _, _ = self._matching_loss(images, labels, simulator, target, layout, recovered, create_graph=True)
+            matching, _, _ = self._matching_loss(images, labels, simulator, target, recovered, create_graph=True)
             total = matching
             if cfg.tv_weight:
                 total = total + cfg.tv_weight * total_variation(images)
@@ -854,7 +852,7 @@ class GradientInversionAttack:
             best_images = self._to_images(z, size).detach().clone()
             best_soft = None if soft is None else soft.detach().clone()
             labels = hard if soft is None else torch.softmax(best_soft, dim=1)
-            value, _, _ = self._matching_loss(best_images, labels, simulator, target, layout, recovered, create_graph=False)
+            value, _, _ = self._matching_loss(best_images, labels, simulator, target, recovered, create_graph=False)
             best_loss = float(value.detach())
         if cfg.parametrization != Parametrization.SIGMOID.value:
             best_images = best_images.clamp(0.0, 1.0)
@@ -867,8 +865,7 @@ class _Problem:
     """One attack problem: the replay, the observed update and what was recovered from it."""
 
     simulator: LocalTrainingSimulator
-    target: torch.Tensor
-    layout: FlatLayout
+    target: list[torch.Tensor]  # the observed update's parameter tensors, in the simulator's order
     recovered: dict[str, BNStatistics]
     label_info: LabelRecovery
     prior: torch.Tensor

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nvflare_gia.attack import OBJECTIVES, FlatLayout
+from nvflare_gia.attack import OBJECTIVES
+from nvflare_gia.errors import DataError
 
 # Tensor sizes like MONAI ResNet-18's largest convolutions (layer4: 512x512x3x3 = 2,359,296), with
 # per-tensor scales spread like a real update's, so that a sequential float32 sum loses digits.
@@ -13,13 +14,13 @@ _SIZES = (2_359_296, 2_359_296, 1_179_648, 3_000_000, 512, 64)
 _SCALES = (1e-3, 3e-4, 2e-3, 5e-4, 1e-1, 1.0)
 
 
-def _update(seed: int) -> torch.Tensor:
+def _update(seed: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return torch.cat([scale * torch.randn(size, generator=generator) for size, scale in zip(_SIZES, _SCALES)])
+    return [scale * torch.randn(size, generator=generator) for size, scale in zip(_SIZES, _SCALES)]
 
 
-def _float64_reference(name: str, simulated: torch.Tensor, observed: torch.Tensor) -> float:
-    s, o = simulated.double(), observed.double()
+def _float64_reference(name: str, simulated: list[torch.Tensor], observed: list[torch.Tensor]) -> float:
+    s, o = torch.cat(simulated).double(), torch.cat(observed).double()
     if name == "l2":
         return float((s - o).pow(2).sum() / o.pow(2).sum())
     if name == "cosine":
@@ -28,20 +29,34 @@ def _float64_reference(name: str, simulated: torch.Tensor, observed: torch.Tenso
     return float(torch.stack(per).mean())
 
 
-def test_segment_sums_of_a_ten_million_entry_update_match_float64():
-    values = _update(0).pow(2)
-    sums = FlatLayout.from_sizes(_SIZES).segment_sum(values)
-    reference = torch.stack([chunk.double().sum() for chunk in values.split(_SIZES)])
-    torch.testing.assert_close(sums.double(), reference, rtol=1e-6, atol=0.0)
-
-
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_objectives_of_a_ten_million_entry_update_match_float64(name):
     observed = _update(0)
-    nearby = observed + 1e-2 * _update(1)
-    layout = FlatLayout.from_sizes(_SIZES)
+    nearby = [o + 1e-2 * n for o, n in zip(observed, _update(1))]
     objective = OBJECTIVES[name]
-    assert abs(float(objective(observed, observed, layout))) < 1e-6  # an exact match scores 0, never below
+    assert abs(float(objective(observed, observed))) < 1e-6  # an exact match scores 0, never below
     # 1 - cos cancels in float32: what is left is its rounding (6e-8), not the 9e-5 of a sequential sum
     expected = _float64_reference(name, nearby, observed)
-    assert float(objective(nearby, observed, layout)) == pytest.approx(expected, rel=1e-4, abs=2e-7)
+    assert float(objective(nearby, observed)) == pytest.approx(expected, rel=1e-4, abs=2e-7)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_objectives_accept_tensors_of_any_shape_and_differentiate_through_them(name):
+    generator = torch.Generator().manual_seed(0)
+    observed = [torch.randn(4, 3, 3, 3, generator=generator), torch.randn(7, generator=generator)]
+    simulated = [(o + 0.3 * torch.randn(o.shape, generator=generator)).requires_grad_(True) for o in observed]
+    value = OBJECTIVES[name](simulated, observed)
+    flat_value = OBJECTIVES[name]([t.reshape(-1) for t in simulated], [t.reshape(-1) for t in observed])
+    assert float(value) == pytest.approx(float(flat_value), rel=1e-6)
+    assert float(value) > 0.0
+    grads = torch.autograd.grad(value, simulated)
+    assert all(g.shape == t.shape and float(g.abs().sum()) > 0.0 for g, t in zip(grads, simulated))
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_objectives_reject_updates_that_do_not_pair_up(name):
+    observed = [torch.ones(9), torch.ones(3)]
+    with pytest.raises(DataError, match="simulated has 1 tensors, observed has 2"):
+        OBJECTIVES[name]([torch.ones(9)], observed)
+    with pytest.raises(DataError, match="tensor 1 has 4 entries in simulated, 3 in observed"):
+        OBJECTIVES[name]([torch.ones(9), torch.ones(4)], observed)
