@@ -382,8 +382,9 @@ class LeakageGateConfig:
         metric: see :class:`SelfAuditConfig`.
         threshold: the update passes when the audited metric is at or under it (finite; for
             ``rdlv`` 0 means "no more than the attacker's prior").
-        every_n_rounds: audit rounds ``0, n, 2n, ...`` (>= 1); other rounds pass, recorded as
-            skipped. A round that is not known is audited.
+        every_n_rounds: audit the 1st, (n+1)-th, (2n+1)-th, ... update this gate checks (>= 1);
+            the others pass, recorded as skipped. The gate counts the updates itself: a server
+            that numbered its rounds to dodge the audits could otherwise make every update pass.
         confirmations: further audits, with attack seeds ``seed + 1, ...``, that an update whose
             first audit passes must pass too (>= 0; see :func:`run_with_confirmations`); the
             decision uses the largest value.
@@ -434,8 +435,9 @@ class LeakageGate:
         TypeError: if ``config`` is not a ``LeakageGateConfig``.
 
     Example:
-        >>> LeakageGate().audits_round(3), LeakageGate(LeakageGateConfig(every_n_rounds=2)).audits_round(3)
-        (True, False)
+        >>> gate = LeakageGate(LeakageGateConfig(every_n_rounds=2))
+        >>> [gate.take_turn() for _ in range(5)]
+        [True, False, True, False, True]
     """
 
     def __init__(self, config: LeakageGateConfig | None = None) -> None:
@@ -444,10 +446,17 @@ class LeakageGate:
             raise TypeError(f"LeakageGate: config must be a LeakageGateConfig, got {type(config).__name__}.")
         self.config = config
         self._audits = audits_with_confirmations(config.audit_config(), config.confirmations)
+        self._turns = 0
 
-    def audits_round(self, round_index: int | None) -> bool:
-        """Whether round ``round_index`` is audited (an unknown round is)."""
-        return round_index is None or round_index % self.config.every_n_rounds == 0
+    def reset(self) -> None:
+        """Start counting updates from scratch (a new run): the next update is audited."""
+        self._turns = 0
+
+    def take_turn(self) -> bool:
+        """Count one more update; return whether it is due for an audit (see ``every_n_rounds``)."""
+        due = self._turns % self.config.every_n_rounds == 0
+        self._turns += 1
+        return due
 
     def check(
         self,
@@ -459,7 +468,11 @@ class LeakageGate:
         *,
         round_index: int | None = None,
     ) -> dict[str, Any]:
-        """Audit the update (if its round is due) and return the decision.
+        """Count the update, audit it if it is due, and return the decision.
+
+        Args:
+            global_state, update, threat, images, labels: see :meth:`SelfAudit.run`.
+            round_index: the server's round number, only recorded (never used to decide).
 
         Returns:
             ``{"metric", "value", "threshold", "passed", "seconds", "round", "status"}`` plus
@@ -470,17 +483,37 @@ class LeakageGate:
         Raises:
             DataError, TypeError: when the audit cannot run (see :meth:`SelfAudit.run`).
         """
-        if not self.audits_round(round_index):
+        if not self.take_turn():
             return self.skip(round_index)
+        return self.audit(global_state, update, threat, images, labels, round_index=round_index)
+
+    def audit(
+        self,
+        global_state: Mapping[str, Any],
+        update: Mapping[str, Any],
+        threat: ThreatModel,
+        images: Any,
+        labels: Any,
+        *,
+        round_index: int | None = None,
+    ) -> dict[str, Any]:
+        """Audit the update now, whatever its turn (:meth:`check` without the counting).
+
+        Returns:
+            The decision, as :meth:`check`.
+
+        Raises:
+            DataError, TypeError: when the audit cannot run (see :meth:`SelfAudit.run`).
+        """
         results = run_with_confirmations(self._audits, self.config.threshold, global_state, update, threat, images, labels)
         return self._decide(results, round_index)
 
     def skip(self, round_index: int | None) -> dict[str, Any]:
-        """The decision for a round that is not due for an audit: it passes, recorded as skipped."""
+        """The decision for an update that is not due for an audit: it passes, recorded as skipped."""
         cfg = self.config
         result = SelfAuditResult(
             status=AuditStatus.SKIPPED.value, metric=cfg.metric, value=None, seconds=0.0,
-            reason=f"round {round_index} is not audited (every_n_rounds={cfg.every_n_rounds})",
+            reason=f"not this update's turn: every_n_rounds={cfg.every_n_rounds} audits one update in {cfg.every_n_rounds}",
         )
         return self._decide([result], round_index)
 

@@ -135,6 +135,7 @@ class LeakageGateFilter(DefenseFilter):
         """
         if event_type == EventType.START_RUN:
             self._reset()
+            self._gate.reset()
         elif event_type == EventType.BEFORE_TASK_EXECUTION:
             self._cache_global_model(fl_ctx)
         DXOFilter.handle_event(self, event_type, fl_ctx)
@@ -144,7 +145,7 @@ class LeakageGateFilter(DefenseFilter):
         owner = type(self).__name__
         started = time.perf_counter()
         round_index = self._round(shareable)
-        if not self._gate.audits_round(round_index):
+        if not self._gate.take_turn():
             record = self._gate.skip(round_index)
         else:
             global_state = self._global_for(fl_ctx, required=True)
@@ -156,7 +157,7 @@ class LeakageGateFilter(DefenseFilter):
             update = {k: _subtract(v, global_state[k]) for k, v in data.items()} if dxo.data_kind == DataKind.WEIGHTS else data
             context = self._context(dxo, shareable, fl_ctx)  # the site's own data, checked against the meta
             threat = ThreatModel.from_meta(dxo.meta or {})
-            record = self._gate.check(global_state, update, threat, context.images, context.labels, round_index=round_index)
+            record = self._gate.audit(global_state, update, threat, context.images, context.labels, round_index=round_index)
         record["seconds"] = float(time.perf_counter() - started)
         dxo.set_meta_prop(GIA_GATE_META_KEY, record)
         if not record["passed"]:

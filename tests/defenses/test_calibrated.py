@@ -58,8 +58,13 @@ def test_gate_decision_compares_with_the_threshold(high_risk_case):
     # a failing first audit needs no confirmation; a passing one is confirmed with the next attack seed
     assert len(strict["audits"]) == 1 and strict["value"] == strict["audits"][0] == lenient["audits"][0]
     assert len(lenient["audits"]) == 2 and lenient["value"] == max(lenient["audits"])
-    skipped = LeakageGate(LeakageGateConfig(every_n_rounds=3, **SHORT)).check(*args, round_index=4)
-    assert skipped["status"] == "skipped" and skipped["passed"] is True
+    gate = LeakageGate(LeakageGateConfig(threshold=-10.0, every_n_rounds=3, **SHORT))
+    assert gate.take_turn() is True  # the first update is due, whatever the server's round number
+    skipped = gate.check(*args, round_index=0)  # the client's 2nd update: not due, although round 0
+    assert skipped["status"] == "skipped" and skipped["passed"] is True and skipped["round"] == 0
+    assert [gate.take_turn() for _ in range(4)] == [False, True, False, False]
+    gate.reset()
+    assert gate.take_turn() is True
 
 
 def test_gate_blocks_when_a_confirmation_fails_although_the_first_audit_passed(high_risk_case):

@@ -82,11 +82,13 @@ def _context(site: Site) -> FLContext:
     return fl_ctx
 
 
-def _deliver(flt, fl_ctx: FLContext, case: Round, round_index: int = ROUND) -> None:
-    """What FLARE does around the executor: TASK_DATA at BEFORE_TASK_EXECUTION, cleared afterwards."""
+def _deliver(flt, fl_ctx: FLContext, case: Round, round_index: int = ROUND, *, start_run: bool = True) -> None:
+    """What FLARE does around the executor: TASK_DATA at BEFORE_TASK_EXECUTION, cleared afterwards
+    (after ``START_RUN`` when ``start_run``: the run's first task)."""
     task_data = DXO(DataKind.WEIGHTS, dict(case.global_state)).to_shareable()
     task_data.set_header(AppConstants.CURRENT_ROUND, round_index)
-    flt.handle_event(EventType.START_RUN, fl_ctx)
+    if start_run:
+        flt.handle_event(EventType.START_RUN, fl_ctx)
     fl_ctx.set_prop(FLContextKey.TASK_DATA, task_data, private=True, sticky=False)
     flt.handle_event(EventType.BEFORE_TASK_EXECUTION, fl_ctx)
     fl_ctx.set_prop(FLContextKey.TASK_DATA, None, private=True, sticky=False)
@@ -192,11 +194,20 @@ def test_gate_after_a_defense_audits_the_defended_update_by_ssim(site):
     assert dxo.data_kind == DataKind.WEIGHTS
 
 
-def test_gate_passes_rounds_it_does_not_audit(site):
-    dxo = _run(LeakageGateFilter(every_n_rounds=4, **TINY), site, site.high_risk)
-    record = dxo.get_meta_prop(GIA_GATE_META_KEY)
-    assert record["status"] == "skipped" and record["passed"] is True and record["value"] is None
-    assert "every_n_rounds=4" in record["reason"]
+def test_gate_counts_the_updates_itself_so_server_round_numbers_cannot_dodge_the_audit(site):
+    """every_n_rounds=2 audits the client's 1st, 3rd, ... update, whatever round numbers the server
+    sends: a server that always said round 1 would have skipped every audit by its numbering."""
+    gate = LeakageGateFilter(every_n_rounds=2, threshold=1e9, **TINY)
+    fl_ctx = _context(site)
+    records = []
+    for turn in range(3):
+        _deliver(gate, fl_ctx, site.high_risk, round_index=1, start_run=turn == 0)
+        records.append(from_shareable(gate.process(_result(site.high_risk), fl_ctx)).get_meta_prop(GIA_GATE_META_KEY))
+    assert [r["status"] for r in records] == ["audited", "skipped", "audited"]
+    assert all(r["passed"] is True and r["round"] == 1 for r in records)
+    assert records[0]["value"] is not None and records[1]["value"] is None and "every_n_rounds=2" in records[1]["reason"]
+    _deliver(gate, fl_ctx, site.high_risk, round_index=1)  # a new run starts counting again: its first update is audited
+    assert from_shareable(gate.process(_result(site.high_risk), fl_ctx)).get_meta_prop(GIA_GATE_META_KEY)["status"] == "audited"
 
 
 def test_gate_passes_clients_above_max_images_without_an_audit(site):
