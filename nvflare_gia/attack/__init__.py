@@ -13,6 +13,7 @@ from nvflare_gia.attack.bn_stats import (
     recover_bn_statistics,
 )
 from nvflare_gia.attack.engine import (
+    DEFAULT_MAX_IMAGES,
     AttackConfig,
     AttackResult,
     DeviceName,
@@ -55,6 +56,7 @@ from nvflare_gia.attack.threat_model import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_IMAGES",
     "NUM_STEPS_META_KEY",
     "OBJECTIVES",
     "REGULARIZERS",

@@ -70,6 +70,7 @@ from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.models import build_model
 
 __all__ = [
+    "DEFAULT_MAX_IMAGES",
     "AttackConfig",
     "AttackResult",
     "DeviceName",
@@ -82,6 +83,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Default of the largest number of local images an attack is run on: the server-side widget and
+#: the client-side self-audit both skip clients with more. The attack optimises one dummy image per
+#: local image, so its cost grows with the local dataset, and large local datasets leak least.
+DEFAULT_MAX_IMAGES = 32
 
 
 def _look_up(enum_cls: type[enum.Enum], value: Any, owner: str, arg: str) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nvflare_gia.attack import AttackConfig, DeviceName, GradientInversionAttack, ThreatModel
+from nvflare_gia.attack import DEFAULT_MAX_IMAGES, AttackConfig, DeviceName, GradientInversionAttack, ThreatModel
 from nvflare_gia.audit import score_reconstruction
 from nvflare_gia.defenses._checks import check_int, check_number, look_up_option
 from nvflare_gia.defenses._update import COUNTER_SUFFIX
@@ -128,8 +128,7 @@ class SelfAuditConfig:
     Args:
         metric: ``rdlv`` or ``ssim`` (see :class:`LeakageMetric`).
         max_images: updates of clients that trained on more images are not audited (status
-            ``skipped``): the attack optimises one dummy image per local image, so its cost grows
-            with the local dataset, and large local datasets leak least. The widget's default.
+            ``skipped``); the default is the widget's, ``nvflare_gia.attack.DEFAULT_MAX_IMAGES``.
         max_seconds: wall-clock budget of one audit's attack (``AttackConfig.max_seconds``);
             None = iterations only (deterministic on CPU).
         max_iterations: iterations per restart (``AttackConfig.max_iterations``).
@@ -148,7 +147,7 @@ class SelfAuditConfig:
     """
 
     metric: str = LeakageMetric.RDLV.value
-    max_images: int = 32
+    max_images: int = DEFAULT_MAX_IMAGES
     max_seconds: float | None = AttackConfig.max_seconds
     max_iterations: int = AttackConfig.max_iterations
     restarts: int = AttackConfig.restarts

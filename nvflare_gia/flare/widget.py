@@ -24,7 +24,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.widget import Widget
 
-from nvflare_gia.attack import AttackConfig, GradientInversionAttack
+from nvflare_gia.attack import DEFAULT_MAX_IMAGES, AttackConfig, GradientInversionAttack
 from nvflare_gia.audit import AuditTarget, append_record, audit_update, make_private_dir
 from nvflare_gia.defenses._update import to_numpy
 from nvflare_gia.errors import ConfigError
@@ -99,7 +99,7 @@ class GradientInversionWidget(Widget):
         clients: list[str] | None = None,
         start_round: int = 0,
         frequency: int = 1,
-        max_images: int = 32,
+        max_images: int = DEFAULT_MAX_IMAGES,
         max_seconds: float = 60.0,
         max_iterations: int = AttackConfig.max_iterations,
         restarts: int = AttackConfig.restarts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import shutil
@@ -14,6 +15,8 @@ import torch
 from PIL import Image
 
 from nvflare_gia.data import DataSpec
+from nvflare_gia.defenses.self_audit import LeakageGateConfig, SelfAuditConfig
+from nvflare_gia.flare.audit_filters import LeakageGateFilter
 from nvflare_gia.flare.jobs import prepare_job, read_tb_scalars, run_simulator
 from nvflare_gia.flare.widget import METRICS_FILE, GradientInversionWidget
 from nvflare_gia.errors import ConfigError
@@ -160,3 +163,11 @@ def test_attack_exception_does_not_fail_the_job(tmp_path, nih_cxr_path):
 def test_widget_rejects_bad_arguments_at_construction(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         GradientInversionWidget(**kwargs)
+
+
+def test_widget_and_client_self_audits_skip_the_same_clients_by_default():
+    """A client above the widget's max_images is not attacked on the server; the self-audit and the
+    gate must then not audit it either (and vice versa), so their defaults are one constant."""
+    widget = GradientInversionWidget()
+    assert widget.max_images == SelfAuditConfig().max_images == LeakageGateConfig().max_images
+    assert widget.max_images == inspect.signature(LeakageGateFilter).parameters["max_images"].default
