@@ -81,8 +81,18 @@ def read_metrics_lines(path: Path) -> list[dict]:
     return records
 
 
+#: The demo table's wording of :func:`nvflare_gia.report.leakage_verdict`'s kinds (the report's is longer).
+_SHORT_VERDICTS = {
+    "leaks": "leaks recognisable images (RDLV > 0)",
+    "prior": "no more than the prior (RDLV <= 0)",
+    "lower_bound": "RDLV <= 0, but a lower bound: the truth fits the update better",
+}
+
+
 def _leakage_table(records: list[dict]) -> str:
     """Format the last attacked round of each site as a text table."""
+    from nvflare_gia.report import leakage_verdict
+
     last: dict[str, dict] = {}
     for record in records:
         if record.get("round", -1) >= last.get(record["client"], {}).get("round", -1):
@@ -94,10 +104,8 @@ def _leakage_table(records: list[dict]) -> str:
             value = r.get(f"gia/{key}")
             return format(value, fmt) if isinstance(value, (int, float)) else f"{'-':>6}"
 
-        rdlv = r.get("gia/rdlv")
-        verdict = r.get("reason", "") if r.get("gia/status") != "ok" else (
-            "leaks recognisable images (RDLV > 0)" if isinstance(rdlv, (int, float)) and rdlv > 0 else "no more than the prior (RDLV <= 0)"
-        )
+        kind, text = leakage_verdict(r)
+        verdict = _SHORT_VERDICTS.get(kind, text)
         lines.append(
             f"{client:<8} {r.get('round', -1):>5} {r.get('num_images', '-'):>6} {r.get('gia/status', '?'):>8} {cell('ssim')} {cell('prior_ssim')} "
             f"{cell('rdlv')} {cell('psnr', '6.2f')} {cell('label_accuracy')}  {verdict}"

@@ -43,8 +43,10 @@ from nvflare_gia.metrics import compute_ssim
 __all__ = [
     "DEFAULT_OUT_DIR",
     "METRIC_FORMATS",
+    "STOPPED_SHORT_FACTOR",
     "find_metrics_file",
     "format_metric",
+    "leakage_verdict",
     "write_bench_report",
     "write_run_report",
 ]
@@ -276,6 +278,7 @@ td[data-key="verdict"] {{ min-width: 16em; }}
 tr[data-verdict="leaks"] td[data-key="verdict"] {{ background: #ffebe9; font-weight: bold; }}
 tr[data-verdict="prior"] td[data-key="verdict"] {{ background: #dafbe1; }}
 tr[data-verdict="no_result"] td[data-key="verdict"] {{ background: #fff8c5; }}
+tr[data-verdict="lower_bound"] td[data-key="verdict"] {{ background: #fff8c5; }}
 </style>
 </head>
 <body>
@@ -344,25 +347,51 @@ def _record_file(record: Mapping[str, Any], gia_dir: Path, kind: str, name: str)
     return next((p for p in candidates if p.is_file()), None)
 
 
-def _verdict_class(record: Mapping[str, Any]) -> str:
-    """``leaks``, ``prior`` or ``no_result``: the colour of the verdict cell."""
-    rdlv = _number(record.get("gia/rdlv"))
-    if record.get("gia/status") != "ok" or rdlv is None:
-        return "no_result"
-    return "leaks" if rdlv > 0 else "prior"
+#: RDLV <= 0 counts only as a lower bound when the true images fit the update at least this many
+#: times better than the reconstruction (audit mode): the optimisation stopped short of a fit the
+#: update admits, so a stronger attack could get closer to the images.
+STOPPED_SHORT_FACTOR = 2.0
 
 
-def _verdict(record: Mapping[str, Any]) -> str:
+def leakage_verdict(record: Mapping[str, Any]) -> tuple[str, str]:
+    """The verdict on one widget record: its kind and a sentence.
+
+    Kinds: ``leaks`` (RDLV > 0), ``prior`` (RDLV <= 0), ``lower_bound`` (RDLV <= 0, but the true
+    images fit the update at least :data:`STOPPED_SHORT_FACTOR` times better than the
+    reconstruction, so RDLV is no evidence of privacy) and ``no_result`` (no attack, no score).
+
+    Args:
+        record: one line of the widget's metrics file.
+
+    Returns:
+        ``(kind, text)``.
+    """
     status = record.get("gia/status")
     if status != "ok":
         reason = record.get("reason") or "no reason recorded"
-        return f"{_STATUS_WORDS.get(status, f'status {status!r}')}: {reason}"
+        return "no_result", f"{_STATUS_WORDS.get(status, f'status {status!r}')}: {reason}"
     rdlv = _number(record.get("gia/rdlv"))
     if rdlv is None:
-        return "not measured: no ground truth (the widget's audit mode is off)"
+        return "no_result", "not measured: no ground truth (the widget's audit mode is off)"
     if rdlv > 0:
-        return "leaks recognisable images (RDLV > 0): the reconstruction resembles the site's images more than the prior does"
-    return "no more than the prior (RDLV <= 0)"
+        return "leaks", "leaks recognisable images (RDLV > 0): the reconstruction resembles the site's images more than the prior does"
+    attack_loss, truth_loss = _number(record.get("gia/matching_loss")), _number(record.get("gia/truth_matching_loss"))
+    if attack_loss is not None and truth_loss is not None and STOPPED_SHORT_FACTOR * truth_loss <= attack_loss:
+        return "lower_bound", (
+            f"no more than the prior (RDLV <= 0), but only a lower bound: the true images fit the update better than the "
+            f"reconstruction (matching loss {format_metric('matching_loss', truth_loss)} against "
+            f"{format_metric('matching_loss', attack_loss)}), so a stronger attack may recover more"
+        )
+    return "prior", "no more than the prior (RDLV <= 0)"
+
+
+def _verdict_class(record: Mapping[str, Any]) -> str:
+    """The colour of the verdict cell: the verdict's kind."""
+    return leakage_verdict(record)[0]
+
+
+def _verdict(record: Mapping[str, Any]) -> str:
+    return leakage_verdict(record)[1]
 
 
 def _defense_name(record: Mapping[str, Any]) -> str:

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from nvflare_gia.audit import save_reconstruction
-from nvflare_gia.cli import main
+from nvflare_gia.cli import _leakage_table, main
 from nvflare_gia.errors import DataError
 from nvflare_gia.metrics import compute_ssim
-from nvflare_gia.report import find_metrics_file, format_metric, write_bench_report, write_run_report
+from nvflare_gia.report import find_metrics_file, format_metric, leakage_verdict, write_bench_report, write_run_report
 
 NIH_CXR = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_cxr1000_64.npz"
 FAST_WIDGET = {"max_seconds": 3.0, "max_iterations": 30, "restarts": 1}
@@ -222,6 +222,35 @@ def test_run_report_skips_a_truncated_last_line_and_lists_every_failure(handmade
     first = next(r for r in tables["all-records"]["rows"] if r["attrs"]["data-round"] == "0" and r["attrs"]["data-site"] == "site-1")
     assert first["attrs"]["data-verdict"] == "leaks"
     assert dict(first["cells"])["gia/truth_matching_loss"] == "5.4e-06" and dict(first["cells"])["gia/matching_loss"] == "0.0213"
+
+
+_SCORED = {"client": "site-1", "round": 0, "gia/status": "ok", "gia/ssim": 0.3, "gia/prior_ssim": 0.3}
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind"),
+    [
+        ({"gia/rdlv": 0.4, "gia/matching_loss": 0.02, "gia/truth_matching_loss": 5e-6}, "leaks"),
+        # the attack stopped far short of the fit the truth gives: RDLV <= 0 says nothing about privacy
+        ({"gia/rdlv": -0.2, "gia/matching_loss": 0.038, "gia/truth_matching_loss": 5.5e-6}, "lower_bound"),
+        ({"gia/rdlv": -0.5, "gia/matching_loss": 53.0, "gia/truth_matching_loss": 2.5e-4}, "lower_bound"),
+        # a defended update: the truth fits it no better than the reconstruction does
+        ({"gia/rdlv": -0.2, "gia/matching_loss": 0.5, "gia/truth_matching_loss": 0.9}, "prior"),
+        ({"gia/rdlv": -0.2, "gia/matching_loss": 0.5, "gia/truth_matching_loss": 0.26}, "prior"),
+        ({"gia/rdlv": -0.2, "gia/matching_loss": 0.5}, "prior"),  # no truth loss recorded (older runs)
+        ({"gia/rdlv": None, "gia/matching_loss": 0.5}, "no_result"),  # audit mode off: nothing to compare with
+    ],
+)
+def test_verdict_calls_rdlv_at_most_zero_a_lower_bound_when_the_truth_fits_the_update_better(fields, kind):
+    record = {**_SCORED, **fields}
+    got_kind, text = leakage_verdict(record)
+    assert got_kind == kind
+    if kind == "lower_bound":
+        assert format_metric("matching_loss", fields["gia/truth_matching_loss"]) in text
+    table = _leakage_table([record])
+    assert ("no more than the prior (RDLV <= 0)" in table) == (kind == "prior")
+    assert ("lower bound" in table) == (kind == "lower_bound")
+    assert ("no ground truth" in table) == (kind == "no_result")
 
 
 def test_run_report_shows_the_defense_and_its_cost_per_site(handmade_run, tmp_path):
