@@ -457,35 +457,6 @@ class LeakageGate:
         self._turns += 1
         return due
 
-    def check(
-        self,
-        global_state: Mapping[str, Any],
-        update: Mapping[str, Any],
-        threat: ThreatModel,
-        images: Any,
-        labels: Any,
-        *,
-        round_index: int | None = None,
-    ) -> dict[str, Any]:
-        """Count the update, audit it if it is due, and return the decision.
-
-        Args:
-            global_state, update, threat, images, labels: see :meth:`SelfAudit.run`.
-            round_index: the server's round number, only recorded (never used to decide).
-
-        Returns:
-            ``{"metric", "value", "threshold", "passed", "seconds", "round", "status"}`` plus
-            ``reason`` when skipped, and ``attack_iterations`` and ``audits`` (the value of each
-            audit run, first audit then confirmations) when audited; ``value`` is the largest
-            of ``audits``, ``seconds`` their sum. A skipped audit passes.
-
-        Raises:
-            DataError, TypeError: when the audit cannot run (see :meth:`SelfAudit.run`).
-        """
-        if not self.take_turn():
-            return self.skip(round_index)
-        return self.audit(global_state, update, threat, images, labels, round_index=round_index)
-
     def audit(
         self,
         global_state: Mapping[str, Any],
@@ -496,10 +467,17 @@ class LeakageGate:
         *,
         round_index: int | None = None,
     ) -> dict[str, Any]:
-        """Audit the update now, whatever its turn (:meth:`check` without the counting).
+        """Audit the update and return the decision (call :meth:`take_turn` first: every update
+        counts, and one that is not due gets :meth:`skip` instead).
+
+        Args:
+            global_state, update, threat, images, labels: see :meth:`SelfAudit.run`.
+            round_index: the server's round number, only recorded (never used to decide).
 
         Returns:
-            The decision, as :meth:`check`.
+            ``{"metric", "value", "threshold", "passed", "seconds", "round", "status"}`` plus
+            ``attack_iterations`` and ``audits`` (the value of each audit run, first audit then
+            confirmations); ``value`` is the largest of ``audits``, ``seconds`` their sum.
 
         Raises:
             DataError, TypeError: when the audit cannot run (see :meth:`SelfAudit.run`).
@@ -508,7 +486,8 @@ class LeakageGate:
         return self._decide(results, round_index)
 
     def skip(self, round_index: int | None) -> dict[str, Any]:
-        """The decision for an update that is not due for an audit: it passes, recorded as skipped."""
+        """The decision for an update that is not due for an audit: it passes, recorded as skipped
+        (with a ``reason``), in the format of :meth:`audit`."""
         cfg = self.config
         result = SelfAuditResult(
             status=AuditStatus.SKIPPED.value, metric=cfg.metric, value=None, seconds=0.0,

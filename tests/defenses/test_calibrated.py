@@ -52,15 +52,16 @@ def test_self_audit_rejects_images_that_are_not_the_rounds(high_risk_case, cxr_c
 def test_gate_decision_compares_with_the_threshold(high_risk_case):
     case = high_risk_case
     args = (case.global_state, case.update, _threat(case), case.images, case.labels)
-    strict = LeakageGate(LeakageGateConfig(threshold=-10.0, **SHORT)).check(*args, round_index=0)
-    lenient = LeakageGate(LeakageGateConfig(threshold=10.0, **SHORT)).check(*args, round_index=0)
+    strict = LeakageGate(LeakageGateConfig(threshold=-10.0, **SHORT)).audit(*args, round_index=0)
+    lenient = LeakageGate(LeakageGateConfig(threshold=10.0, **SHORT)).audit(*args, round_index=0)
     assert strict["passed"] is False and lenient["passed"] is True
     # a failing first audit needs no confirmation; a passing one is confirmed with the next attack seed
     assert len(strict["audits"]) == 1 and strict["value"] == strict["audits"][0] == lenient["audits"][0]
     assert len(lenient["audits"]) == 2 and lenient["value"] == max(lenient["audits"])
     gate = LeakageGate(LeakageGateConfig(threshold=-10.0, every_n_rounds=3, **SHORT))
     assert gate.take_turn() is True  # the first update is due, whatever the server's round number
-    skipped = gate.check(*args, round_index=0)  # the client's 2nd update: not due, although round 0
+    assert gate.take_turn() is False  # the client's 2nd update: not due, although the server says round 0
+    skipped = gate.skip(round_index=0)
     assert skipped["status"] == "skipped" and skipped["passed"] is True and skipped["round"] == 0
     assert [gate.take_turn() for _ in range(4)] == [False, True, False, False]
     gate.reset()
@@ -78,11 +79,11 @@ def test_gate_blocks_when_a_confirmation_fails_although_the_first_audit_passed(h
     assert [audit.config.seed for audit in audits_with_confirmations(config.audit_config(), 2)] == [seed, seed + 1, seed + 2]
     chain = [values[seed + index] for index in range(3)]
     threshold = (chain[0] + max(chain)) / 2  # the first audit passes, a confirmation fails
-    decision = LeakageGate(dataclasses.replace(config, threshold=threshold)).check(*args, round_index=0)
+    decision = LeakageGate(dataclasses.replace(config, threshold=threshold)).audit(*args, round_index=0)
     failing = next(index for index, value in enumerate(chain) if value > threshold)
     assert decision["passed"] is False and decision["audits"] == chain[: failing + 1]
     assert decision["value"] == chain[failing]
-    unconfirmed = LeakageGate(dataclasses.replace(config, threshold=threshold, confirmations=0)).check(*args, round_index=0)
+    unconfirmed = LeakageGate(dataclasses.replace(config, threshold=threshold, confirmations=0)).audit(*args, round_index=0)
     assert unconfirmed["passed"] is True and unconfirmed["audits"] == chain[:1]
 
 
