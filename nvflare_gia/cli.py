@@ -90,15 +90,16 @@ _SHORT_VERDICTS = {
 
 
 def _leakage_table(records: list[dict]) -> str:
-    """Format the last attacked round of each site as a text table."""
-    from nvflare_gia.report import leakage_verdict
+    """Format the last attacked round of each site as a text table, with each site's worst RDLV."""
+    from nvflare_gia.report import leakage_verdict, worst_rdlv
 
     last: dict[str, dict] = {}
     for record in records:
         if record.get("round", -1) >= last.get(record["client"], {}).get("round", -1):
             last[record["client"]] = record
-    header = f"{'site':<8} {'round':>5} {'images':>6} {'status':>8} {'SSIM':>6} {'prior':>6} {'RDLV':>6} {'PSNR':>6} {'labels':>6}  verdict"
+    header = f"{'site':<8} {'round':>5} {'images':>6} {'status':>8} {'SSIM':>6} {'prior':>6} {'RDLV':>6} {'PSNR':>6} {'labels':>6} {'worst RDLV (round)':>18}  verdict"
     lines = [header]
+    worst_by_site = worst_rdlv(records)
     for client, r in sorted(last.items()):
         def cell(key: str, fmt: str = "6.3f") -> str:
             value = r.get(f"gia/{key}")
@@ -106,9 +107,10 @@ def _leakage_table(records: list[dict]) -> str:
 
         kind, text = leakage_verdict(r)
         verdict = _SHORT_VERDICTS.get(kind, text)
+        worst = f"{worst_by_site[client][0]:+.3f} ({worst_by_site[client][1]})" if client in worst_by_site else "-"
         lines.append(
             f"{client:<8} {r.get('round', -1):>5} {r.get('num_images', '-'):>6} {r.get('gia/status', '?'):>8} {cell('ssim')} {cell('prior_ssim')} "
-            f"{cell('rdlv')} {cell('psnr', '6.2f')} {cell('label_accuracy')}  {verdict}"
+            f"{cell('rdlv')} {cell('psnr', '6.2f')} {cell('label_accuracy')} {worst:>18}  {verdict}"
         )
     return "\n".join(lines)
 
@@ -135,7 +137,7 @@ def _simulate(
     metrics_path = run.server_run_dir / "gia" / METRICS_FILE
     records = read_metrics_lines(metrics_path)
     if records:
-        sys.stdout.write("\nGradient inversion leakage (server-side attack, last attacked round per site):\n")
+        sys.stdout.write("\nGradient inversion leakage (server-side attack; last attacked round per site, and its worst):\n")
         sys.stdout.write(_leakage_table(records) + "\n")
         sys.stdout.write(f"metrics: {metrics_path}\nreconstructions (truth above, attack below): {metrics_path.parent}/<site>/round_<r>/grid.png\n")
         from nvflare_gia.report import write_run_report

@@ -47,6 +47,7 @@ __all__ = [
     "find_metrics_file",
     "format_metric",
     "leakage_verdict",
+    "worst_rdlv",
     "write_bench_report",
     "write_run_report",
 ]
@@ -385,6 +386,25 @@ def leakage_verdict(record: Mapping[str, Any]) -> tuple[str, str]:
     return "prior", "no more than the prior (RDLV <= 0)"
 
 
+def worst_rdlv(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, int]]:
+    """The highest RDLV of each site over its scored rounds, so a leak in an early round is not hidden.
+
+    Args:
+        records: widget records (``client``, ``round``, ``gia/status``, ``gia/rdlv``).
+
+    Returns:
+        ``{client: (rdlv, round)}`` for the clients with at least one finite RDLV.
+    """
+    worst: dict[str, tuple[float, int]] = {}
+    for record in records:
+        value = _number(record.get("gia/rdlv"))
+        if record.get("gia/status") == "ok" and value is not None:
+            site = record["client"]
+            if site not in worst or (value, record["round"]) > worst[site]:
+                worst[site] = (value, int(record["round"]))
+    return worst
+
+
 def _verdict_class(record: Mapping[str, Any]) -> str:
     """The colour of the verdict cell: the verdict's kind."""
     return leakage_verdict(record)[0]
@@ -667,13 +687,7 @@ def write_run_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     for record in records:  # sorted by round: the last attacked round wins, round -1 only when alone
         if record["client"] not in last or record["round"] >= 0:
             last[record["client"]] = record
-    worst: dict[str, str] = {}
-    for site in sites:
-        scored = [(_number(r.get("gia/rdlv")), r["round"]) for r in records if r["client"] == site and r.get("gia/status") == "ok"]
-        scored = [(v, round_index) for v, round_index in scored if v is not None]
-        if scored:
-            value, round_index = max(scored)
-            worst[site] = f"{format_metric('rdlv', value)} ({round_index})"
+    worst = {site: f"{format_metric('rdlv', value)} ({round_index})" for site, (value, round_index) in worst_rdlv(records).items()}
     page.heading("Verdict per site (last round)")
     page.paragraph("The verdict reads the last attacked round; the last column is the highest RDLV of any round, so a leak "
                    "in an earlier round is not hidden.")

@@ -253,6 +253,20 @@ def test_verdict_calls_rdlv_at_most_zero_a_lower_bound_when_the_truth_fits_the_u
     assert ("no ground truth" in table) == (kind == "no_result")
 
 
+def test_demo_table_shows_each_sites_last_round_and_its_worst_rdlv():
+    records = [
+        {**_SCORED, "round": 0, "gia/rdlv": 0.035},
+        {**_SCORED, "round": 1, "gia/rdlv": -0.078, "gia/matching_loss": 0.029, "gia/truth_matching_loss": 5.5e-6},
+        {**_SCORED, "client": "site-2", "round": 1, "gia/rdlv": -0.126},
+        {"client": "site-3", "round": -1, "gia/status": "skipped", "reason": "no update received from this client"},
+    ]
+    rows = {line.split()[0]: line for line in _leakage_table(records).splitlines()[1:]}
+    assert rows["site-1"].split()[1] == "1" and "-0.078" in rows["site-1"] and "+0.035 (0)" in rows["site-1"]
+    assert "lower bound" in rows["site-1"]  # the verdict reads the last round
+    assert "-0.126 (1)" in rows["site-2"] and "no more than the prior" in rows["site-2"]
+    assert "not attacked (skipped): no update received from this client" in rows["site-3"]
+
+
 def test_run_report_shows_the_defense_and_its_cost_per_site(handmade_run, tmp_path):
     html_text = write_run_report(handmade_run, tmp_path / "out").read_text(encoding="utf-8")
     rows = {r["cells"][0][1]: [t for _, t in r["cells"]] for r in _tables(html_text)["defenses"]["rows"]}
