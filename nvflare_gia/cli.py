@@ -81,10 +81,10 @@ def read_metrics_lines(path: Path) -> list[dict]:
     return records
 
 
-#: The demo table's wording of :func:`nvflare_gia.report.leakage_verdict`'s kinds (the report's is longer).
+#: The demo table's shorter wording of the :func:`nvflare_gia.report.leakage_verdict` kinds whose
+#: sentence is too long for a terminal line; the others print the report's sentence.
 _SHORT_VERDICTS = {
     "leaks": "leaks recognisable images (RDLV > 0)",
-    "prior": "no more than the prior (RDLV <= 0)",
     "lower_bound": "RDLV <= 0, but a lower bound: the truth fits the update better",
 }
 
@@ -237,8 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("demo", "simulate"):
         try:
             if args.command == "demo":
-                # Attack round 0 only (every `rounds`-th round from 0): the 3-minute demo spends its attack
-                # time on the untrained global model, the benchmark's setting, rather than 20 s on every round.
+                # Attack round 0 only (every `rounds`-th round from 0): within 3 minutes the demo spends its
+                # attack time on the untrained global model, the benchmark's setting.
                 overrides = {WIDGET_ID: {"max_seconds": args.attack_seconds, "frequency": args.rounds}}
                 return _simulate(DEFAULT_DEMO_JOB, args.workspace.resolve(), args.rounds, args.data, args.seed, overrides)
             workspace = (args.workspace or Path("gia_runs") / Path(args.job).name).resolve()

@@ -405,15 +405,6 @@ def worst_rdlv(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, i
     return worst
 
 
-def _verdict_class(record: Mapping[str, Any]) -> str:
-    """The colour of the verdict cell: the verdict's kind."""
-    return leakage_verdict(record)[0]
-
-
-def _verdict(record: Mapping[str, Any]) -> str:
-    return leakage_verdict(record)[1]
-
-
 def _defense_name(record: Mapping[str, Any]) -> str:
     if "gia_defense" not in record:
         return "unknown"
@@ -578,7 +569,7 @@ _ALL_COLUMNS = (
 
 def _cell(record: Mapping[str, Any], key: str) -> str:
     if key == "verdict":
-        return _verdict(record)
+        return leakage_verdict(record)[1]
     if key == "gia_defense":
         return _defense_name(record)
     if key == "worst_rdlv":
@@ -594,7 +585,7 @@ def _records_table(page: _Page, records: Sequence[Mapping[str, Any]], columns, t
         [[_cell(r, k) for _, k in columns] for r in records],
         table_id=table_id,
         keys=[k for _, k in columns],
-        row_attrs=[{"site": r["client"], "round": r["round"], "verdict": _verdict_class(r)} for r in records],
+        row_attrs=[{"site": r["client"], "round": r["round"], "verdict": leakage_verdict(r)[0]} for r in records],
     )
 
 

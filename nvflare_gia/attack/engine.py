@@ -695,7 +695,7 @@ class GradientInversionAttack:
     ) -> tuple[float, float, float]:
         """Matching loss, relative update residual and relative BN residual of the returned images."""
         matching, simulated, sim = self._matching_loss(images, labels, simulator, target, recovered, create_graph=False)
-        update_residual = math.sqrt(float(l2_objective([t.detach() for t in simulated], target)))
+        update_residual = math.sqrt(float(l2_objective(simulated, target)))  # create_graph=False: detached
         bn_err = sum(
             float((sim.bn_statistics[k].mean - v.mean).detach().pow(2).sum() + (sim.bn_statistics[k].var - v.var).detach().pow(2).sum())
             for k, v in recovered.items()
