@@ -80,6 +80,64 @@ def test_attack_rejects_a_prior_of_the_wrong_shape(tiny, client_round):
         GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, ThreatModel(image_size=16), prior=np.zeros((8, 8)))
 
 
+def test_retrieval_ranks_the_client_image_first_among_candidates(xrays, client_round):
+    images, labels = xrays[0][:1], xrays[1][:1]
+    _, global_state, update = client_round(images, labels, 1)
+    others = xrays[0][1:8]
+    candidates = torch.cat([others[:4], images, others[4:]])  # the client's image at index 4
+    config = AttackConfig(**FAST, init="prior", retrieval_k=1)
+    result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(), candidates=candidates)
+    retrieval = result.stats["retrieval"]
+    assert retrieval["ranked"] == 8 and retrieval["indices"] == [4]
+    assert retrieval["objective"][0] < 1e-3
+    # The retrieved prior is the client's image, so the attack starting from it stays close to it.
+    assert float(np.abs(result.images - images.numpy()).mean()) < 0.1
+
+
+def test_retrieval_prior_is_the_mean_of_the_best_candidates(xrays, client_round):
+    images, labels = xrays[0][:1], xrays[1][:1]
+    _, global_state, update = client_round(images, labels, 1)
+    candidates = xrays[0][1:8]
+    config = AttackConfig(**{**FAST, "max_iterations": 1}, init="prior", retrieval_k=3, prior_weight=0.0)
+    result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(), candidates=candidates)
+    retrieval = result.stats["retrieval"]
+    # By hand: without the BN term the matching loss is the objective of the candidate's update.
+    objective_only = GradientInversionAttack(AttackConfig(**FAST, bn_weight=0.0))
+    by_hand = np.array([objective_only.matching_loss(global_state, update, ThreatModel(), c[None], labels) for c in candidates])
+    best = np.argsort(by_hand)[:3]
+    assert retrieval["indices"] == best.tolist()
+    np.testing.assert_allclose(retrieval["objective"], by_hand[best], rtol=1e-5)
+    # One iteration from the retrieved prior stays near the mean of the chosen candidates.
+    chosen_mean = candidates[best].mean(dim=0).numpy()
+    assert float(np.abs(result.images[0] - chosen_mean).mean()) < 0.05
+
+
+def test_candidates_are_ignored_for_several_images_and_validated(tiny, client_round, caplog):
+    _, global_state, update = client_round(tiny[0][:2], tiny[1][:2], 2)
+    threat = ThreatModel(image_size=16, batch_size=2, num_images=2)
+    with caplog.at_level(logging.INFO, logger="nvflare_gia.attack.engine"):
+        result = GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, threat, candidates=tiny[0])
+    assert "retrieval" not in result.stats
+    assert any("not used" in record.getMessage() for record in caplog.records)
+    with pytest.raises(DataError, match="candidates"):
+        GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, threat, candidates=tiny[0][:, :, :8])
+    with pytest.raises(DataError, match="candidate values"):
+        GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, threat, candidates=tiny[0] + 2.0)
+
+
+def test_prior_weight_pulls_only_toward_a_given_prior(tiny, client_round):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
+    threat = ThreatModel(image_size=16)
+
+    def run(prior_weight: float, prior=None) -> np.ndarray:
+        config = AttackConfig(**FAST, prior_weight=prior_weight)
+        return GradientInversionAttack(config).reconstruct(global_state, update, threat, prior=prior).images
+
+    np.testing.assert_array_equal(run(0.0), run(30.0))  # the flat default is not pulled toward
+    given = np.full((16, 16), 0.5, dtype=np.float32)
+    assert not np.array_equal(run(0.0, given), run(30.0, given))
+
+
 def test_attack_rejects_an_update_for_another_model(tiny, client_round):
     _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
     with pytest.raises(DataError, match="lacks"):
