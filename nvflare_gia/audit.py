@@ -184,6 +184,7 @@ def audit_update(
     threat_defaults: Mapping[str, Any] | None = None,
     truth: SiteData | None = None,
     prior: np.ndarray | None = None,
+    candidates: np.ndarray | None = None,
     output_dir: str | os.PathLike | None = None,
     classifier: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
@@ -196,6 +197,9 @@ def audit_update(
         truth: the client's own data (audit mode only): the reconstruction is matched and scored
             against its training images. Without it only ground-truth-free metrics are reported.
         prior: an image not from the client (None = flat gray 0.5), used by the attack and by RDLV.
+        candidates: public images not from the client (e.g. a validation split) the attack may
+            draw its prior from (see ``GradientInversionAttack.reconstruct``); RDLV stays
+            relative to ``prior``.
         output_dir: where to write ``reconstruction.npz`` and ``grid.png``; None writes nothing.
         classifier: a reference classifier; with ``truth`` its accuracy on the reconstructions is
             reported as ``gia/attacker_accuracy`` (Jiang et al. 2025).
@@ -212,7 +216,7 @@ def audit_update(
     """
     started = time.monotonic()
     threat = ThreatModel.from_meta(target.meta, threat_defaults)
-    result = attack.reconstruct(target.global_state, target.update, threat, prior=prior)
+    result = attack.reconstruct(target.global_state, target.update, threat, prior=prior, candidates=candidates)
     record: dict[str, Any] = {"client": target.client, "round": int(target.round), "gia/status": "ok"}
     record.update(result.to_dict())
     truth_images = truth_labels = None

@@ -3,10 +3,14 @@
 Protocol: images ``0..B-1`` of ``train_images`` (scaled to [0, 1]); ``SmallCNN`` initialised with
 ``torch.manual_seed(0)``, untrained, BatchNorm in train mode; the client takes one SGD step (lr
 0.01, cross-entropy) on those B images; the attack gets ``seconds`` of wall time and only what the
-server sees (global model, update, hyperparameters, a prior image). Every setting runs with two
-priors: ``flat`` (gray 0.5) and ``val_mean`` (the mean image of the ``val_images`` split, which
-holds none of the attacked images; the attack starts from it). Metrics after Hungarian matching
-against the true images; RDLV relative to the SSIM of the prior the attack was given.
+server sees (global model, update, hyperparameters, a prior image). Every setting runs with the
+priors ``flat`` (gray 0.5) and ``val_mean`` (the mean image of the ``val_images`` split, which
+holds none of the attacked images; the attack starts from it), and batch 1 also with
+``val_retrieval``: the ``val_images`` are the attack's candidates, and the mean of those whose
+updates fit the client's best is its prior (a server that holds public images; with several images
+the attack does not use candidates, so the run would repeat ``val_mean``). Metrics after Hungarian
+matching against the true images; RDLV relative to the SSIM of ``flat`` or ``val_mean``, the prior
+the server had before it saw the update.
 
 Beside the image metrics each run records ``matching_loss`` (the attack's best restart) and
 ``truth_matching_loss`` (the same loss of the true images, scored after the attack): their gap
@@ -40,7 +44,7 @@ __all__ = ["DEFAULT_DATA", "PRIORS", "run_attack_benchmark"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA = Path(nvflare_gia.__file__).resolve().parents[2] / "shared" / "data" / "nih_cxr1000_64.npz"
-PRIORS = ("flat", "val_mean")
+PRIORS = ("flat", "val_mean", "val_retrieval")
 RUN_KEYS = (
     "model", "batch_size", "prior", "seconds", "iterations", "ms_per_iteration", "ms_per_train_step",
     "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy", "matching_loss", "truth_matching_loss",
@@ -67,6 +71,7 @@ def _one_run(
     device: str,
     prior_name: str,
     prior: np.ndarray | None,
+    candidates: np.ndarray | None,
 ) -> dict[str, Any]:
     batch = len(labels)
     torch.manual_seed(0)
@@ -84,7 +89,7 @@ def _one_run(
     )
     config = AttackConfig(max_seconds=seconds, device=device, init="noise" if prior is None else "prior")
     attack = GradientInversionAttack(config)
-    result = attack.reconstruct(global_state, update, threat, prior=prior)
+    result = attack.reconstruct(global_state, update, threat, prior=prior, candidates=candidates)
     truth_loss = attack.matching_loss(global_state, update, threat, images, labels)
     report = evaluate_leakage(result.images, images, prior=prior, reconstructed_labels=result.labels, true_labels=labels)
     return {
@@ -111,7 +116,7 @@ def run_attack_benchmark(*, quick: bool, data: str | None, json_path: str, secon
 
     Args:
         quick: batch sizes 1 and 4 with ``SmallCNN``; the full run adds batch 8 and MONAI's ResNet-18.
-            Each setting runs once per prior of :data:`PRIORS`.
+            Each setting runs once per prior of :data:`PRIORS` (``val_retrieval`` at batch 1 only).
         data: a ``.npz`` of the shared format (any square size, any number of classes); None uses
             ``../shared/data/nih_cxr1000_64.npz``.
         json_path: output file.
@@ -132,14 +137,18 @@ def run_attack_benchmark(*, quick: bool, data: str | None, json_path: str, secon
     largest = max(batch for _, batch in plan)
     if largest > len(splits.train_labels):
         raise DataError(f"run_attack_benchmark: data has {len(splits.train_labels)} training images, fewer than batch {largest}.")
-    priors = {"flat": None, "val_mean": splits.val_images.mean(axis=0)}
+    val_mean = splits.val_images.mean(axis=0)
+    priors = {"flat": None, "val_mean": val_mean, "val_retrieval": val_mean}
     runs = []
     for (model_name, batch), prior_name in itertools.product(plan, PRIORS):
+        if prior_name == "val_retrieval" and batch > 1:
+            continue
+        candidates = splits.val_images if prior_name == "val_retrieval" else None
         images, labels = splits.train_images[:batch], splits.train_labels[:batch]
-        run = _one_run(model_name, images, labels, splits.num_classes, seconds, device, prior_name, priors[prior_name])
+        run = _one_run(model_name, images, labels, splits.num_classes, seconds, device, prior_name, priors[prior_name], candidates)
         runs.append(run)
         logger.info(
-            "%-10s B=%d %-8s prior: SSIM %.3f (prior %.3f, RDLV %+.3f) PSNR %.2f dB, labels %.2f, matching loss %.3g (truth %.3g), "
+            "%-10s B=%d %-13s prior: SSIM %.3f (prior %.3f, RDLV %+.3f) PSNR %.2f dB, labels %.2f, matching loss %.3g (truth %.3g), "
             "%d iterations, %.1f ms/it vs %.1f ms/train step",
             model_name, batch, prior_name, run["ssim"], run["prior_ssim"], run["rdlv"], run["psnr"], run["label_accuracy"],
             run["matching_loss"], run["truth_matching_loss"], run["iterations"], run["ms_per_iteration"], run["ms_per_train_step"],

@@ -32,7 +32,7 @@ from nvflare_gia.errors import ConfigError
 __all__ = ["GradientInversionWidget", "METRICS_FILE"]
 
 METRICS_FILE = "metrics.jsonl"
-_PRIORS = ("flat", "val_mean")
+_PRIORS = ("flat", "val_mean", "val_retrieval")
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -76,8 +76,11 @@ class GradientInversionWidget(Widget):
         objective: update-matching objective (see ``nvflare_gia.attack.OBJECTIVES``).
         seed: attack seed.
         device: ``auto``, ``cpu`` or ``cuda``.
-        prior: ``flat`` (gray 0.5) or ``val_mean`` (mean image of the data spec's validation split,
-            which is not any site's training data; the attack starts from it).
+        prior: ``flat`` (gray 0.5), ``val_mean`` (mean image of the data spec's validation split,
+            which is not any site's training data; the attack starts from it) or ``val_retrieval``
+            (the validation images are the attack's candidates: for a one-image update the mean of
+            those whose updates fit it best is the prior, otherwise the validation mean; RDLV is
+            still measured against the validation mean).
         audit: score reconstructions against each client's true training images, read through the
             job's data spec (``data_spec_file``): simulator and POC on one machine only.
         data_spec_file: the job's data spec, relative to the app's config folder.
@@ -168,7 +171,7 @@ class GradientInversionWidget(Widget):
                 seed=seed,
                 device=device,
                 num_threads=num_threads,
-                init="prior" if prior == "val_mean" else "noise",
+                init="noise" if prior == "flat" else "prior",
             )
         )
         self._reset()
@@ -182,6 +185,7 @@ class GradientInversionWidget(Widget):
         self._engine = None
         self._data_spec = None
         self._prior_image: np.ndarray | None = None
+        self._candidates: np.ndarray | None = None
         self._in_progress: AuditTarget | None = None
         self._lock = threading.Lock()  # orders the worker's last record against END_RUN's leftovers
         self._recording = False  # the worker is writing the in-progress target's record
@@ -224,12 +228,15 @@ class GradientInversionWidget(Widget):
         workspace = self._engine.get_workspace()
         job_id = fl_ctx.get_job_id()
         self._out = make_private_dir(Path(workspace.get_run_dir(job_id)) / self.output_dir)
-        if self.audit or self.prior == "val_mean":
+        if self.audit or self.prior != "flat":
             from nvflare_gia.data import DataSpec, load_splits
 
             self._data_spec = DataSpec.from_json(str(Path(workspace.get_app_config_dir(job_id)) / self.data_spec_file))
-            if self.prior == "val_mean":
-                self._prior_image = load_splits(self._data_spec).val_images.mean(axis=0)
+            if self.prior != "flat":
+                val_images = load_splits(self._data_spec).val_images
+                self._prior_image = val_images.mean(axis=0)
+                if self.prior == "val_retrieval":
+                    self._candidates = val_images
             if self.clients is not None:
                 unknown = sorted(set(self.clients) - set(self._data_spec.site_names))
                 if unknown:
@@ -351,7 +358,9 @@ class GradientInversionWidget(Widget):
 
             truth = load_site_data(self._data_spec, target.client)
         folder = self._out / target.client / f"round_{target.round}"
-        return audit_update(target, self._attack, truth=truth, prior=self._prior_image, output_dir=folder)
+        return audit_update(
+            target, self._attack, truth=truth, prior=self._prior_image, candidates=self._candidates, output_dir=folder
+        )
 
     # ----------------------------------------------------------------- output
     def _record(self, record: dict[str, Any]) -> None:

@@ -29,7 +29,9 @@ def test_attack_benchmark_writes_one_run_per_batch_size(tmp_path):
     result = run_attack_benchmark(quick=True, data=str(data), json_path=str(out), seconds=1.0, device="cpu")
     written = json.loads(out.read_text())
     assert written["runs"] == result["runs"]
-    assert [(run["batch_size"], run["prior"]) for run in written["runs"]] == [(1, "flat"), (1, "val_mean"), (4, "flat"), (4, "val_mean")]
+    assert [(run["batch_size"], run["prior"]) for run in written["runs"]] == [
+        (1, "flat"), (1, "val_mean"), (1, "val_retrieval"), (4, "flat"), (4, "val_mean"),
+    ]
     for run in written["runs"]:
         assert RUN_KEYS <= set(run) and run["iterations"] >= 1 and 0.0 <= run["label_accuracy"] <= 1.0
         # the true images reproduce the update; a one-second attack does not get near them
@@ -37,6 +39,9 @@ def test_attack_benchmark_writes_one_run_per_batch_size(tmp_path):
     flat_prior_ssim = {run["batch_size"]: run["prior_ssim"] for run in written["runs"] if run["prior"] == "flat"}
     mean_prior_ssim = {run["batch_size"]: run["prior_ssim"] for run in written["runs"] if run["prior"] == "val_mean"}
     assert flat_prior_ssim != mean_prior_ssim  # RDLV is measured against the prior the attack was given
+    # Retrieval's RDLV is measured against the validation mean, the prior the server had before the update.
+    retrieval = next(run for run in written["runs"] if run["prior"] == "val_retrieval")
+    assert retrieval["prior_ssim"] == mean_prior_ssim[1]
 
 
 def test_attack_benchmark_names_the_missing_data_file(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from nvflare_gia.attack import AttackConfig
 from nvflare_gia.data import DataSpec
 from nvflare_gia.defenses.self_audit import LeakageGateConfig, SelfAuditConfig
 from nvflare_gia.flare.audit_filters import LeakageGateFilter
@@ -21,7 +22,7 @@ from nvflare_gia.flare.jobs import prepare_job, read_tb_scalars, run_simulator
 from nvflare_gia.flare.widget import METRICS_FILE, GradientInversionWidget
 from nvflare_gia.errors import ConfigError
 
-FAST_ATTACK = {"max_seconds": 4.0, "max_iterations": 40, "restarts": 1, "end_run_wait_s": 60.0}
+FAST_ATTACK = {"max_seconds": 4.0, "max_iterations": 40, "restarts": 1, "end_run_wait_s": 60.0, "prior": "val_retrieval"}
 ATTACKED = ("site-1", "site-2")
 
 
@@ -78,6 +79,11 @@ def test_widget_writes_metrics_and_images_for_each_selected_client_and_round(aud
             assert np.isfinite(record[key]), key
         with np.load(record["files"]["npz"]) as saved:
             assert saved["reconstruction"].shape == saved["truth"].shape == (record["num_images"], 1, 64, 64)
+        # prior="val_retrieval": the one-image site's prior is drawn from the validation split
+        if record["num_images"] == 1:
+            assert AttackConfig.retrieval_k <= record["gia/retrieval_ranked"] <= 200  # the NIH val split
+        else:
+            assert "gia/retrieval_ranked" not in record
         with Image.open(record["files"]["png"]) as grid:
             assert grid.format == "PNG" and grid.size[1] > 2 * 64
 
@@ -155,7 +161,7 @@ def test_attack_exception_does_not_fail_the_job(tmp_path, nih_cxr_path):
         ({"clients": []}, "clients must be None or a non-empty list"),
         ({"frequency": 0}, "frequency must be an integer >= 1"),
         ({"max_seconds": 0}, "max_seconds must be a number > 0"),
-        ({"prior": "mean"}, r"prior must be one of \['flat', 'val_mean'\]"),
+        ({"prior": "mean"}, r"prior must be one of \['flat', 'val_mean', 'val_retrieval'\]"),
         ({"output_dir": "../x"}, "output_dir must be a relative folder"),
         ({"objective": "l3"}, "objective"),
     ],
