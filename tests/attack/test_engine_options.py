@@ -112,6 +112,18 @@ def test_retrieval_prior_is_the_mean_of_the_best_candidates(xrays, client_round)
     assert float(np.abs(result.images[0] - chosen_mean).mean()) < 0.05
 
 
+def test_retrieval_stops_ranking_when_its_time_share_is_spent(tiny, client_round):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
+    candidates = tiny[0].repeat(16, 1, 1, 1)  # 64 candidates
+    # 0.1 % of 2 s is spent before the first candidate: only the retrieval_k required ones are ranked.
+    config = AttackConfig(max_iterations=5, max_seconds=2.0, restarts=1, device="cpu", retrieval_k=3, retrieval_share=0.001)
+    result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16), candidates=candidates)
+    assert result.stats["retrieval"]["ranked"] == 3
+    unbounded = AttackConfig(**FAST, retrieval_k=3)
+    result = GradientInversionAttack(unbounded).reconstruct(global_state, update, ThreatModel(image_size=16), candidates=candidates)
+    assert result.stats["retrieval"]["ranked"] == 64
+
+
 def test_candidates_are_ignored_for_several_images_and_validated(tiny, client_round, caplog):
     _, global_state, update = client_round(tiny[0][:2], tiny[1][:2], 2)
     threat = ThreatModel(image_size=16, batch_size=2, num_images=2)
@@ -179,6 +191,9 @@ def test_num_threads_is_restored(tiny, client_round):
         ({"num_threads": 0}, "num_threads"),
         ({"lr_decay": 2.0}, "lr_decay"),
         ({"min_restart_iterations": 0}, "min_restart_iterations"),
+        ({"retrieval_k": 0}, "retrieval_k must be an integer >= 1"),
+        ({"retrieval_share": 0.0}, r"retrieval_share must be > 0.0 and <= 1.0"),
+        ({"retrieval_share": 1.5}, "retrieval_share"),
     ],
 )
 def test_attack_config_rejects_bad_options(kwargs, match):
