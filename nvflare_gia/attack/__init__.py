@@ -14,6 +14,7 @@ from nvflare_gia.attack.bn_stats import (
 )
 from nvflare_gia.attack.engine import (
     DEFAULT_MAX_IMAGES,
+    PRIOR_NAMES,
     AttackConfig,
     AttackResult,
     DeviceName,
@@ -21,6 +22,7 @@ from nvflare_gia.attack.engine import (
     InitName,
     Parametrization,
     RestartSelection,
+    prior_from_validation,
     resolve_device,
     validate_update,
 )
@@ -57,6 +59,8 @@ from nvflare_gia.attack.threat_model import (
 
 __all__ = [
     "DEFAULT_MAX_IMAGES",
+    "PRIOR_NAMES",
+    "prior_from_validation",
     "NUM_STEPS_META_KEY",
     "OBJECTIVES",
     "REGULARIZERS",

@@ -76,6 +76,8 @@ from nvflare_gia.models import build_model
 
 __all__ = [
     "DEFAULT_MAX_IMAGES",
+    "PRIOR_NAMES",
+    "prior_from_validation",
     "AttackConfig",
     "AttackResult",
     "DeviceName",
@@ -93,6 +95,33 @@ logger = logging.getLogger(__name__)
 #: the client-side self-audit both skip clients with more. The attack optimises one dummy image per
 #: local image, so its cost grows with the local dataset, and large local datasets leak least.
 DEFAULT_MAX_IMAGES = 32
+
+#: What a server may give the attack as prior knowledge, by name: ``flat`` (gray 0.5),
+#: ``val_mean`` (the mean image of a validation split) and ``val_retrieval`` (that mean, and the
+#: split's images as candidates; see :meth:`GradientInversionAttack.reconstruct`).
+PRIOR_NAMES = ("flat", "val_mean", "val_retrieval")
+
+
+def prior_from_validation(name: str, val_images: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The ``prior`` and ``candidates`` arguments of :meth:`GradientInversionAttack.reconstruct` for a
+    prior of :data:`PRIOR_NAMES`; the prior is also the image RDLV is measured against.
+
+    Args:
+        name: a name of :data:`PRIOR_NAMES`.
+        val_images: the validation images ``(M, C, H, W)``; unused (may be None) for ``flat``.
+
+    Returns:
+        ``(prior, candidates)``: ``(None, None)`` for ``flat``, ``(mean, None)`` for ``val_mean``,
+        ``(mean, val_images)`` for ``val_retrieval``.
+
+    Raises:
+        ConfigError: for an unknown name.
+    """
+    if name not in PRIOR_NAMES:
+        raise ConfigError(f"prior must be one of {list(PRIOR_NAMES)}, got {name!r}.")
+    if name == "flat":
+        return None, None
+    return val_images.mean(axis=0), (val_images if name == "val_retrieval" else None)
 
 
 def _look_up(enum_cls: type[enum.Enum], value: Any, owner: str, arg: str) -> str:
@@ -169,8 +198,9 @@ class AttackConfig:
         tv_weight: weight of the total-variation prior (>= 0).
         range_weight: weight of the range penalty (>= 0; used by ``parametrization="penalty"``).
         prior_weight: weight of the squared distance to the prior image (>= 0). Applied only when
-            :meth:`GradientInversionAttack.reconstruct` is given a prior (or candidates): the
-            default flat gray image says nothing of the content, so nothing is pulled toward it.
+            :meth:`GradientInversionAttack.reconstruct` is given a prior or retrieves one from
+            candidates: the default flat gray image says nothing of the content, so nothing is
+            pulled toward it.
         label_strategy: ``auto``, ``analytic`` or ``soft`` (see
             :class:`nvflare_gia.attack.labels.LabelStrategy`).
         parametrization: ``sigmoid``, ``clamp`` or ``penalty`` (see :class:`Parametrization`).

@@ -32,19 +32,18 @@ import numpy as np
 import torch
 
 import nvflare_gia
-from nvflare_gia.attack import AttackConfig, GradientInversionAttack, ThreatModel
+from nvflare_gia.attack import PRIOR_NAMES, AttackConfig, GradientInversionAttack, ThreatModel, prior_from_validation
 from nvflare_gia.data import load_npz
 from nvflare_gia.errors import DataError
 from nvflare_gia.metrics import evaluate_leakage
 from nvflare_gia.models import build_model
 from nvflare_gia.training import TrainingConfig, train_local
 
-__all__ = ["DEFAULT_DATA", "PRIORS", "run_attack_benchmark"]
+__all__ = ["DEFAULT_DATA", "run_attack_benchmark"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA = Path(nvflare_gia.__file__).resolve().parents[2] / "shared" / "data" / "nih_cxr1000_64.npz"
-PRIORS = ("flat", "val_mean", "val_retrieval")
 RUN_KEYS = (
     "model", "batch_size", "prior", "seconds", "iterations", "ms_per_iteration", "ms_per_train_step",
     "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy", "matching_loss", "truth_matching_loss",
@@ -116,7 +115,7 @@ def run_attack_benchmark(*, quick: bool, data: str | None, json_path: str, secon
 
     Args:
         quick: batch sizes 1 and 4 with ``SmallCNN``; the full run adds batch 8 and MONAI's ResNet-18.
-            Each setting runs once per prior of :data:`PRIORS` (``val_retrieval`` at batch 1 only).
+            Each setting runs once per prior of :data:`nvflare_gia.attack.PRIOR_NAMES` (``val_retrieval`` at batch 1 only).
         data: a ``.npz`` of the shared format (any square size, any number of classes); None uses
             ``../shared/data/nih_cxr1000_64.npz``.
         json_path: output file.
@@ -137,15 +136,13 @@ def run_attack_benchmark(*, quick: bool, data: str | None, json_path: str, secon
     largest = max(batch for _, batch in plan)
     if largest > len(splits.train_labels):
         raise DataError(f"run_attack_benchmark: data has {len(splits.train_labels)} training images, fewer than batch {largest}.")
-    val_mean = splits.val_images.mean(axis=0)
-    priors = {"flat": None, "val_mean": val_mean, "val_retrieval": val_mean}
     runs = []
-    for (model_name, batch), prior_name in itertools.product(plan, PRIORS):
+    for (model_name, batch), prior_name in itertools.product(plan, PRIOR_NAMES):
         if prior_name == "val_retrieval" and batch > 1:
             continue
-        candidates = splits.val_images if prior_name == "val_retrieval" else None
+        prior, candidates = prior_from_validation(prior_name, splits.val_images)
         images, labels = splits.train_images[:batch], splits.train_labels[:batch]
-        run = _one_run(model_name, images, labels, splits.num_classes, seconds, device, prior_name, priors[prior_name], candidates)
+        run = _one_run(model_name, images, labels, splits.num_classes, seconds, device, prior_name, prior, candidates)
         runs.append(run)
         logger.info(
             "%-10s B=%d %-13s prior: SSIM %.3f (prior %.3f, RDLV %+.3f) PSNR %.2f dB, labels %.2f, matching loss %.3g (truth %.3g), "

@@ -24,7 +24,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.widget import Widget
 
-from nvflare_gia.attack import DEFAULT_MAX_IMAGES, AttackConfig, GradientInversionAttack
+from nvflare_gia.attack import DEFAULT_MAX_IMAGES, PRIOR_NAMES, AttackConfig, GradientInversionAttack, prior_from_validation
 from nvflare_gia.audit import AuditTarget, append_record, audit_update, make_private_dir
 from nvflare_gia.defenses._update import to_numpy
 from nvflare_gia.errors import ConfigError
@@ -32,7 +32,6 @@ from nvflare_gia.errors import ConfigError
 __all__ = ["GradientInversionWidget", "METRICS_FILE"]
 
 METRICS_FILE = "metrics.jsonl"
-_PRIORS = ("flat", "val_mean", "val_retrieval")
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -140,8 +139,8 @@ class GradientInversionWidget(Widget):
             raise ConfigError(f"GradientInversionWidget: tensorboard_images must be true or false, got {tensorboard_images!r}.")
         if not isinstance(data_spec_file, str) or not data_spec_file.strip():
             raise ConfigError(f"GradientInversionWidget: data_spec_file must be a non-empty file name, got {data_spec_file!r}.")
-        if prior not in _PRIORS:
-            raise ConfigError(f"GradientInversionWidget: prior must be one of {list(_PRIORS)}, got {prior!r}.")
+        if prior not in PRIOR_NAMES:
+            raise ConfigError(f"GradientInversionWidget: prior must be one of {list(PRIOR_NAMES)}, got {prior!r}.")
         if not isinstance(output_dir, str) or not output_dir or Path(output_dir).is_absolute() or ".." in Path(output_dir).parts:
             raise ConfigError(f"GradientInversionWidget: output_dir must be a relative folder name inside the run directory, got {output_dir!r}.")
         self.clients = clients
@@ -233,10 +232,7 @@ class GradientInversionWidget(Widget):
 
             self._data_spec = DataSpec.from_json(str(Path(workspace.get_app_config_dir(job_id)) / self.data_spec_file))
             if self.prior != "flat":
-                val_images = load_splits(self._data_spec).val_images
-                self._prior_image = val_images.mean(axis=0)
-                if self.prior == "val_retrieval":
-                    self._candidates = val_images
+                self._prior_image, self._candidates = prior_from_validation(self.prior, load_splits(self._data_spec).val_images)
             if self.clients is not None:
                 unknown = sorted(set(self.clients) - set(self._data_spec.site_names))
                 if unknown:

@@ -13,6 +13,7 @@ from nvflare_gia.attack import (
     AttackConfig,
     GradientInversionAttack,
     ThreatModel,
+    prior_from_validation,
     resolve_device,
 )
 from nvflare_gia.errors import ConfigError, DataError
@@ -135,6 +136,19 @@ def test_candidates_are_ignored_for_several_images_and_validated(tiny, client_ro
         GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, threat, candidates=tiny[0][:, :, :8])
     with pytest.raises(DataError, match="candidate values"):
         GradientInversionAttack(AttackConfig(**FAST)).reconstruct(global_state, update, threat, candidates=tiny[0] + 2.0)
+
+
+def test_prior_from_validation_maps_each_prior_name():
+    val_images = np.random.default_rng(0).random((5, 1, 8, 8)).astype(np.float32)
+    assert prior_from_validation("flat", None) == (None, None)
+    mean, candidates = prior_from_validation("val_mean", val_images)
+    np.testing.assert_allclose(mean, val_images.mean(axis=0))
+    assert candidates is None
+    mean, candidates = prior_from_validation("val_retrieval", val_images)
+    np.testing.assert_allclose(mean, val_images.mean(axis=0))
+    assert candidates is val_images
+    with pytest.raises(ConfigError, match=r"prior must be one of \['flat', 'val_mean', 'val_retrieval'\], got 'mean'"):
+        prior_from_validation("mean", val_images)
 
 
 def test_prior_weight_pulls_only_toward_a_given_prior(tiny, client_round):
