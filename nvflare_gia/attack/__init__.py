@@ -33,6 +33,7 @@ from nvflare_gia.attack.labels import (
     find_classifier,
     look_up_label_strategy,
     recover_labels,
+    spread_over_batches,
 )
 from nvflare_gia.attack.objectives import (
     OBJECTIVES,
@@ -94,5 +95,6 @@ __all__ = [
     "recover_labels",
     "resolve_device",
     "simulate_local_training",
+    "spread_over_batches",
     "validate_update",
 ]

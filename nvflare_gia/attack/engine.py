@@ -61,6 +61,7 @@ from nvflare_gia.attack.labels import (
     LabelStrategy,
     look_up_label_strategy,
     recover_labels,
+    spread_over_batches,
 )
 from nvflare_gia.attack.objectives import l2_objective, look_up_objective
 from nvflare_gia.attack.regularizers import (
@@ -608,7 +609,12 @@ class GradientInversionAttack:
         return float(loss.detach())
 
     def _set_up(self, global_state: Mapping, update: Mapping, threat: ThreatModel, prior: Any) -> _Problem:
-        """Validate the inputs, recover BatchNorm statistics and labels, and build the replay."""
+        """Validate the inputs, recover BatchNorm statistics and labels, and build the replay.
+
+        With several mini-batches per epoch the recovered labels are spread over them
+        (:func:`nvflare_gia.attack.labels.spread_over_batches`): the replay feeds the dummies in
+        index order, so their order fixes which labels each step sees.
+        """
         model = build_model(threat.model, threat.num_classes, threat.in_channels)
         global_tensors, update_tensors = validate_update(model, global_state, update)
         model.load_state_dict(global_tensors)
@@ -623,6 +629,9 @@ class GradientInversionAttack:
             model, global_tensors, update_tensors, threat,
             strategy=self.config.label_strategy, prior=prior_tensor, bn_statistics=recovered,
         )
+        epoch_batches = threat.batch_sizes[: math.ceil(threat.num_images / threat.batch_size)]
+        if label_info.labels is not None and len(epoch_batches) > 1:
+            label_info = dataclasses.replace(label_info, labels=spread_over_batches(label_info.labels, epoch_batches))
         simulator = LocalTrainingSimulator(model, threat, device=device)
         names = simulator.param_names
         return _Problem(

@@ -40,6 +40,7 @@ __all__ = [
     "find_classifier",
     "look_up_label_strategy",
     "recover_labels",
+    "spread_over_batches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,9 @@ class LabelRecovery:
     """Labels recovered from an update.
 
     Attributes:
-        labels: integer labels ``(num_images,)`` (a sorted multiset: the order carries no
-            information), or ``None`` when the attack must optimise soft labels.
+        labels: integer labels ``(num_images,)`` (a sorted multiset: the update gives the counts,
+            not the order; for a round of several steps the attack spreads them over the steps
+            with :func:`spread_over_batches`), or ``None`` when the attack must optimise soft labels.
         method: ``"sign"``, ``"count"`` or ``"soft"``.
         estimates: the real-valued per-class count estimates before rounding (``None`` for soft).
     """
@@ -124,6 +126,41 @@ def counts_to_labels(estimates: np.ndarray, num_images: int) -> np.ndarray:
     for idx in np.argsort(-remainder, kind="stable")[: num_images - int(counts.sum())]:
         counts[idx] += 1
     return np.repeat(np.arange(len(counts)), counts).astype(np.int64)
+
+
+def spread_over_batches(labels: np.ndarray, batch_sizes: tuple[int, ...]) -> np.ndarray:
+    """Arrange a multiset of labels over consecutive mini-batches so that each holds every class in
+    proportion to its size.
+
+    In a round of several steps the update depends on which labels each step saw, and the client's
+    shuffling makes an even composition the likeliest one. In sorted order a 4 + 4 split of the
+    labels ``[0, 0, 0, 0, 1, 1, 1, 1]`` would put one class in each step, the least likely
+    composition (``docs/benchmarks.md``). Slot ``j`` of a batch of size ``s`` takes the rank
+    ``(j + 0.5) / s`` in the sorted labels, ties by batch order.
+
+    Args:
+        labels: integer labels ``(num_images,)``, in any order.
+        batch_sizes: sizes of one epoch's consecutive mini-batches, summing to ``num_images``.
+
+    Returns:
+        The same labels, batch by batch (``[0:s_0]``, ``[s_0:s_0 + s_1]``, ...).
+
+    Raises:
+        ValueError: if the batch sizes do not sum to the number of labels.
+
+    Example:
+        >>> spread_over_batches(np.array([0, 0, 0, 0, 1, 1, 1, 1]), (4, 4)).tolist()
+        [0, 0, 1, 1, 0, 0, 1, 1]
+    """
+    ordered = np.sort(np.asarray(labels, dtype=np.int64), kind="stable")
+    if sum(batch_sizes) != len(ordered) or any(size < 1 for size in batch_sizes):
+        raise ValueError(f"spread_over_batches: batch_sizes {batch_sizes} must be >= 1 and sum to {len(ordered)} labels.")
+    slots = [((j + 0.5) / size, batch, j) for batch, size in enumerate(batch_sizes) for j in range(size)]
+    starts = np.concatenate([[0], np.cumsum(batch_sizes)[:-1]]).astype(np.int64)
+    out = np.empty_like(ordered)
+    for label, (_, batch, j) in zip(ordered, sorted(slots)):
+        out[starts[batch] + j] = label
+    return out
 
 
 def _momentum_coefficient_sum(threat: ThreatModel) -> float:

@@ -9,7 +9,9 @@ BatchNorm in train mode, mean cross-entropy, and re-implements the optimizer ste
 
 The dummy images are split into mini-batches in index order (``[0:B]``, ``[B:2B]``, ..., the last
 one smaller), the same split every epoch: the dummies are free variables, so the client's shuffling
-only permutes which dummy plays which image.
+only permutes which dummy plays which image. Their labels are not free: their order fixes which
+classes each step sees, so the attack spreads them over the steps
+(:func:`nvflare_gia.attack.labels.spread_over_batches`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from nvflare_gia.attack import (
+    AttackConfig,
+    GradientInversionAttack,
     LabelStrategy,
     LocalTrainingSimulator,
     ThreatModel,
@@ -19,6 +21,7 @@ from nvflare_gia.attack import (
     look_up_regularizer,
     recover_bn_statistics,
     recover_labels,
+    spread_over_batches,
 )
 from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.training import TrainingConfig
@@ -83,6 +86,43 @@ def test_labels_sign_survives_adam_at_batch_one(xrays, client_round):
 def test_counts_to_labels_rounds_to_a_multiset_of_the_right_size():
     assert counts_to_labels(np.array([1.6, 1.7, 0.7]), 4).tolist() == [0, 1, 1, 2]
     assert counts_to_labels(np.array([-1.0, 5.0]), 3).tolist() == [1, 1, 1]
+
+
+def test_spread_over_batches_gives_each_batch_its_share_of_every_class():
+    assert spread_over_batches(np.array([1, 1, 1, 1, 0, 0, 0, 0]), (4, 4)).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+    spread = spread_over_batches(np.array([0] * 6 + [1] * 3 + [2] * 3), (4, 4, 4))
+    assert [sorted(spread[i : i + 4].tolist()) for i in (0, 4, 8)] == [[0, 0, 1, 2]] * 3
+    uneven = spread_over_batches(np.array([0, 0, 0, 1, 1, 1]), (4, 2))
+    assert sorted(uneven[:4].tolist()) == [0, 0, 1, 1] and sorted(uneven[4:].tolist()) == [0, 1]
+    with pytest.raises(ValueError, match="sum to 6 labels"):
+        spread_over_batches(np.zeros(6, dtype=np.int64), (4, 4))
+
+
+def test_attack_spreads_the_labels_over_the_steps_so_the_true_round_fits(xrays, client_round):
+    """Two steps of two images, each step one image of each class (as the client's shuffle put them).
+
+    Sorted labels ``[0, 0 | 1, 1]`` would ask the replay for one class per step, which no
+    arrangement of the true images reproduces; the attack's spread labels ``[0, 1 | 0, 1]`` do.
+    """
+    images, labels = xrays
+    class0, class1 = np.flatnonzero(labels.numpy() == 0)[:2], np.flatnonzero(labels.numpy() == 1)[:2]
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(0)).tolist()  # train_local's first shuffle
+    by_step = [class0[0], class1[0], class0[1], class1[1]]  # what each shuffled position should hold
+    client_order = [0] * 4
+    for position, source in zip(order, by_step):
+        client_order[position] = source
+    model, global_state, update = client_round(images[client_order], labels[client_order], 2)
+    threat = ThreatModel(batch_size=2, num_images=4)
+    attack = GradientInversionAttack(AttackConfig(max_iterations=1, restarts=1, max_seconds=None))
+    result = attack.reconstruct(global_state, update, threat)
+    assert [sorted(result.labels[i : i + 2].tolist()) for i in (0, 2)] == [[0, 1], [0, 1]]
+
+    def loss(slots: list[int]) -> float:
+        return attack.matching_loss(global_state, update, threat, images[slots], labels[slots])
+
+    assert loss([int(i) for i in by_step]) < 1e-4
+    sorted_fits = [loss([a, b, c, d]) for a, b in (class0, class0[::-1]) for c, d in (class1, class1[::-1])]
+    assert min(sorted_fits) > 1e-2
 
 
 def test_option_lookups_suggest_the_closest_name():
