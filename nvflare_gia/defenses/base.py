@@ -77,10 +77,13 @@ class DefenseContext:
         model: network name for ``nvflare_gia.models.build_model``.
         num_classes: number of classes of the network (>= 2).
         in_channels: image channels (>= 1).
+        val_images: public images ``(M, C, H, W)`` in [0, 1] that an attacker may hold as well (the
+            data spec's validation split); a self-audit with a ``val_mean`` or ``val_retrieval``
+            prior draws its prior from them, as the server's widget does.
 
     Raises:
         TypeError: for a field of the wrong type.
-        DataError: if images and labels disagree or images are not 4-D.
+        DataError: if images and labels disagree, or images or val_images are not 4-D.
         ConfigError: for an unknown model name or a value out of range.
 
     Example:
@@ -96,6 +99,7 @@ class DefenseContext:
     model: str | None = None
     num_classes: int | None = None
     in_channels: int | None = None
+    val_images: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         owner = "DefenseContext"
@@ -117,6 +121,11 @@ class DefenseContext:
             n_images = None if self.images is None else int(np.shape(self.images)[0])
             if n_images is not None and n_labels != n_images:
                 raise DataError(f"{owner}: labels must have one entry per image ({n_images}), got {n_labels}.")
+        if self.val_images is not None:
+            shape = tuple(np.shape(self.val_images))
+            if len(shape) != 4 or 0 in shape or (self.images is not None and shape[1:] != tuple(np.shape(self.images))[1:]):
+                expected = "(M, C, H, W)" if self.images is None else f"(M, {', '.join(map(str, np.shape(self.images)[1:]))})"
+                raise DataError(f"{owner}: val_images must have shape {expected} with M >= 1, got {shape}.")
 
     @classmethod
     def from_training_meta(
@@ -126,6 +135,7 @@ class DefenseContext:
         images: Any = None,
         labels: Any = None,
         round_index: int | None = None,
+        val_images: Any = None,
     ) -> DefenseContext:
         """Build the context from an update's meta (``meta["gia_training"]``) and the site's data.
 
@@ -139,6 +149,7 @@ class DefenseContext:
             images: the site's training images ``(N, C, H, W)``.
             labels: the site's training labels ``(N,)``.
             round_index: FL round of the update.
+            val_images: public validation images (see the class).
 
         Returns:
             The validated context.
@@ -183,6 +194,7 @@ class DefenseContext:
             model=str(reported["model"]),
             num_classes=int(reported["num_classes"]),
             in_channels=None if in_channels is None else int(in_channels),
+            val_images=val_images,
         )
 
     def require_data(self, owner: str) -> None:

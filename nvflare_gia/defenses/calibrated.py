@@ -171,6 +171,8 @@ class CalibratedDefenseConfig:
         attack_seed: the audit attack's seed (``SelfAuditConfig.seed``).
         device: see :class:`SelfAuditConfig`.
         num_threads: see :class:`SelfAuditConfig`.
+        prior: the audit attack's prior (see :class:`SelfAuditConfig`); ``val_mean`` and
+            ``val_retrieval`` need the context's ``val_images``.
         seed: seed of the defense's noise (>= 0). None (the default) draws fresh OS entropy every
             call; a seed written in the job configuration is known to the server: tests only.
 
@@ -198,6 +200,7 @@ class CalibratedDefenseConfig:
     attack_seed: int = SelfAuditConfig.seed
     device: str = SelfAuditConfig.device
     num_threads: int | None = SelfAuditConfig.num_threads
+    prior: str = SelfAuditConfig.prior
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -208,7 +211,7 @@ class CalibratedDefenseConfig:
         audit = check_audit_options(
             owner, metric=self.metric, max_images=self.max_images, max_seconds=self.max_seconds,
             max_iterations=self.max_iterations, restarts=self.restarts, seed=self.attack_seed, device=self.device,
-            num_threads=self.num_threads, seed_name="attack_seed",
+            num_threads=self.num_threads, prior=self.prior, seed_name="attack_seed",
         )
         audit["attack_seed"] = audit.pop("seed")
         for name, value in audit.items():
@@ -247,6 +250,7 @@ class CalibratedDefenseConfig:
         return SelfAuditConfig(
             metric=self.metric, max_images=self.max_images, max_seconds=self.max_seconds, max_iterations=self.max_iterations,
             restarts=self.restarts, seed=self.attack_seed, device=self.device, num_threads=self.num_threads,
+            prior=self.prior,
         )
 
 
@@ -308,7 +312,7 @@ class CalibratedDefense(Defense):
         Returns:
             The :class:`DefenseOutcome` of the chosen rung; ``params`` holds the wrapped
             defense's params, ``strength`` and, under :data:`CALIBRATION_PARAM`, the record:
-            ``status``, ``defense``, ``strength_name``, ``strength``, ``metric``, ``target``,
+            ``status``, ``defense``, ``strength_name``, ``strength``, ``metric``, ``prior``, ``target``,
             ``value``, ``tries`` (strength, value = the largest of its ``audits``, seconds of
             each), ``num_tries``, ``seconds``, and ``reason`` when skipped.
 
@@ -333,8 +337,8 @@ class CalibratedDefense(Defense):
         seed = self._next_seed(round_index)
         deadline = None if cfg.total_seconds is None else started + cfg.total_seconds
         record: dict[str, Any] = {
-            "defense": cfg.defense, "strength_name": self._field, "metric": cfg.metric, "target": cfg.target,
-            "margin": cfg.margin, "tries": [],
+            "defense": cfg.defense, "strength_name": self._field, "metric": cfg.metric, "prior": cfg.prior,
+            "target": cfg.target, "margin": cfg.margin, "tries": [],
         }
         strengths = cfg.strengths()
         threshold = cfg.target - cfg.margin
@@ -358,7 +362,9 @@ class CalibratedDefense(Defense):
             outcome = self._build(strength, seed).apply(update, global_state=global_state, context=context)
             # Every audit gets its full attack budget: an attack cut short by the search budget would
             # be weaker and pass more easily, i.e. fail open. Confirmations run only while all pass.
-            results = run_with_confirmations(self._audits, threshold, global_state, outcome.update, threat, images, labels)
+            results = run_with_confirmations(
+                self._audits, threshold, global_state, outcome.update, threat, images, labels, context.val_images
+            )
             values = [float(result.value) for result in results]
             value = max(values)
             record["tries"].append({"strength": strength, "value": value, "audits": values, "seconds": time.perf_counter() - try_started})

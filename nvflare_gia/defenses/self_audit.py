@@ -3,8 +3,9 @@
 A client that holds its training images can measure, before sending, how much its (already
 defended) update leaks to the honest-but-curious server of DESIGN.md: it runs the same attack
 engine the server-side widget runs (:class:`nvflare_gia.attack.GradientInversionAttack`, same
-defaults, same threat model built from what the server knows) against the cached global model,
-and scores the reconstruction with the same leakage metrics
+defaults, same threat model built from what the server knows, and the widget's ``prior`` when it
+is configured to match: ``val_retrieval`` in the jobs) against the cached global model, and
+scores the reconstruction with the same leakage metrics
 (:func:`nvflare_gia.metrics.evaluate_leakage`; Hungarian matching, SSIM, RDLV of Hatamizadeh et
 al., IEEE TMI 2023). No nvflare import: the FLARE filters in
 :mod:`nvflare_gia.flare.audit_filters` only adapt it.
@@ -35,12 +36,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from nvflare_gia.attack import DEFAULT_MAX_IMAGES, AttackConfig, DeviceName, GradientInversionAttack, ThreatModel
+from nvflare_gia.attack import (
+    DEFAULT_MAX_IMAGES,
+    PRIOR_NAMES,
+    AttackConfig,
+    DeviceName,
+    GradientInversionAttack,
+    ThreatModel,
+    prior_from_validation,
+)
 from nvflare_gia.audit import score_reconstruction
 from nvflare_gia.defenses._checks import check_int, check_number, look_up_option
 from nvflare_gia.defenses._update import COUNTER_SUFFIX
 from nvflare_gia.defenses.base import DefenseContext
-from nvflare_gia.errors import DataError
+from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.training import num_local_steps
 
 __all__ = [
@@ -64,7 +73,8 @@ class LeakageMetric(str, enum.Enum):
     """Metric a self-audit compares with its threshold or target; for both, higher = more leakage.
 
     ``rdlv``: relative data leakage value (TMI 2023), ``(SSIM(recon) - SSIM(prior)) / SSIM(prior)``
-    with a flat gray prior; > 0 means the reconstruction tells more than the prior alone.
+    with the audit's prior (flat gray, or the validation mean); > 0 means the reconstruction tells
+    more than the prior alone.
     ``ssim``: mean SSIM between matched reconstructions and true images, in [-1, 1].
     """
 
@@ -90,6 +100,7 @@ def check_audit_options(
     seed: Any,
     device: Any,
     num_threads: Any,
+    prior: Any,
     seed_name: str = "seed",
 ) -> dict[str, Any]:
     """Validate the self-audit options (messages name the argument, its constraint and the value).
@@ -105,6 +116,8 @@ def check_audit_options(
         TypeError: for a wrong type.
         ConfigError: for a value out of range or an unknown option.
     """
+    if prior not in PRIOR_NAMES:
+        raise ConfigError(f"{owner}: prior must be one of {list(PRIOR_NAMES)}, got {prior!r}.")
     out = {
         "metric": look_up_option(owner, "metric", metric, LeakageMetric),
         "max_images": check_int(owner, "max_images", max_images, minimum=1),
@@ -114,6 +127,7 @@ def check_audit_options(
         "seed": check_int(owner, seed_name, seed, minimum=0),
         "device": look_up_option(owner, "device", device, DeviceName),
         "num_threads": check_int(owner, "num_threads", num_threads, minimum=1, allow_none=True),
+        "prior": prior,
     }
     return out
 
@@ -137,6 +151,10 @@ class SelfAuditConfig:
             any noise, so fixing it discloses nothing.
         device: ``auto``, ``cpu`` or ``cuda`` (``AttackConfig.device``).
         num_threads: torch threads of the attack (``AttackConfig.num_threads``).
+        prior: the attacker's prior knowledge, a name of ``nvflare_gia.attack.PRIOR_NAMES``:
+            ``flat`` (gray 0.5), ``val_mean`` or ``val_retrieval`` (from the public validation
+            images given to :meth:`SelfAudit.run`). Set it to the server widget's ``prior`` so
+            that the audit runs the server's attack; RDLV is measured against this prior.
 
     Raises:
         TypeError, ConfigError: for an invalid value.
@@ -154,6 +172,7 @@ class SelfAuditConfig:
     seed: int = AttackConfig.seed
     device: str = AttackConfig.device
     num_threads: int | None = AttackConfig.num_threads
+    prior: str = PRIOR_NAMES[0]
 
     def __post_init__(self) -> None:
         values = check_audit_options(type(self).__name__, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
@@ -169,6 +188,7 @@ class SelfAuditConfig:
             seed=self.seed,
             device=self.device,
             num_threads=self.num_threads,
+            init="noise" if self.prior == "flat" else "prior",
         )
 
 
@@ -274,6 +294,7 @@ class SelfAudit:
         threat: ThreatModel,
         images: Any,
         labels: Any,
+        val_images: Any = None,
     ) -> SelfAuditResult:
         """Attack ``update`` (``WEIGHT_DIFF`` from ``global_state``) and score it against ``images``.
 
@@ -283,6 +304,8 @@ class SelfAudit:
             threat: the client's round as the server knows it.
             images: the client's training images ``(N, C, H, W)`` in [0, 1], N = ``threat.num_images``.
             labels: their labels ``(N,)``.
+            val_images: public validation images ``(M, C, H, W)`` in [0, 1], the source of a
+                ``val_mean`` or ``val_retrieval`` prior (unused for ``flat``).
 
         Returns:
             The :class:`SelfAuditResult` (``skipped`` when ``threat.num_images > max_images``).
@@ -290,7 +313,8 @@ class SelfAudit:
         Raises:
             TypeError: for a wrong argument type.
             DataError: if the images do not match the threat model, the update is malformed,
-                or the metric is not finite.
+                the prior needs ``val_images`` that are missing or malformed, or the metric is
+                not finite.
         """
         started = time.perf_counter()
         cfg = self.config
@@ -313,9 +337,10 @@ class SelfAudit:
                 f"got images {truth.shape} and {len(truth_labels)} labels."
             )
         _check_local_steps(update, threat)
+        prior, candidates = prior_from_validation(cfg.prior, self._public_images(val_images, expected[1:]))
         attack = GradientInversionAttack(cfg.attack_config())
-        result = attack.reconstruct(global_state, update, threat)
-        report = score_reconstruction(result, truth, truth_labels)
+        result = attack.reconstruct(global_state, update, threat, prior=prior, candidates=candidates)
+        report = score_reconstruction(result, truth, truth_labels, prior=prior)
         metrics = {**result.to_dict(), **report.to_dict()}
         value = metrics.get(f"gia/{cfg.metric}")
         if value is None or not math.isfinite(float(value)):
@@ -329,6 +354,20 @@ class SelfAudit:
             seconds=seconds,
             metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         )
+
+
+    def _public_images(self, val_images: Any, image_shape: tuple[int, ...]) -> np.ndarray | None:
+        """``val_images`` as float32 ``(M, C, H, W)``, checked when the prior needs them."""
+        if self.config.prior == "flat":
+            return None
+        if val_images is None:
+            raise DataError(
+                f"SelfAudit: prior={self.config.prior!r} needs val_images (the data spec's validation split); none were given."
+            )
+        public = np.asarray(val_images, dtype=np.float32)
+        if public.ndim != 4 or public.shape[0] == 0 or public.shape[1:] != image_shape or not np.isfinite(public).all():
+            raise DataError(f"SelfAudit: val_images must be finite with shape (M, {', '.join(map(str, image_shape))}), got {public.shape}.")
+        return public
 
 
 def audits_with_confirmations(first: SelfAuditConfig, confirmations: int) -> list[SelfAudit]:
@@ -346,6 +385,7 @@ def run_with_confirmations(
     threat: ThreatModel,
     images: Any,
     labels: Any,
+    val_images: Any = None,
 ) -> list[SelfAuditResult]:
     """Run ``audits[0]``, then each further audit (a confirmation) while every value so far is at
     or under ``threshold``.
@@ -357,7 +397,7 @@ def run_with_confirmations(
     Args:
         audits: the first audit and its confirmations (usually the same budget, other attack seeds).
         threshold: the largest value that passes.
-        global_state, update, threat, images, labels: see :meth:`SelfAudit.run`.
+        global_state, update, threat, images, labels, val_images: see :meth:`SelfAudit.run`.
 
     Returns:
         The results in order: all of them when every value passes, else up to the first that fails.
@@ -367,7 +407,7 @@ def run_with_confirmations(
     """
     results: list[SelfAuditResult] = []
     for audit in audits:
-        results.append(audit.run(global_state, update, threat, images, labels))
+        results.append(audit.run(global_state, update, threat, images, labels, val_images))
         if results[-1].value is None or results[-1].value > threshold:
             break
     return results
@@ -387,7 +427,7 @@ class LeakageGateConfig:
         confirmations: further audits, with attack seeds ``seed + 1, ...``, that an update whose
             first audit passes must pass too (>= 0; see :func:`run_with_confirmations`); the
             decision uses the largest value.
-        max_images, max_seconds, max_iterations, restarts, seed, device, num_threads: see
+        max_images, max_seconds, max_iterations, restarts, seed, device, num_threads, prior: see
             :class:`SelfAuditConfig`.
 
     Raises:
@@ -409,6 +449,7 @@ class LeakageGateConfig:
     seed: int = SelfAuditConfig.seed
     device: str = SelfAuditConfig.device
     num_threads: int | None = SelfAuditConfig.num_threads
+    prior: str = SelfAuditConfig.prior
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -466,23 +507,26 @@ class LeakageGate:
         labels: Any,
         *,
         round_index: int | None = None,
+        val_images: Any = None,
     ) -> dict[str, Any]:
         """Audit the update and return the decision (call :meth:`take_turn` first: every update
         counts, and one that is not due gets :meth:`skip` instead).
 
         Args:
-            global_state, update, threat, images, labels: see :meth:`SelfAudit.run`.
+            global_state, update, threat, images, labels, val_images: see :meth:`SelfAudit.run`.
             round_index: the server's round number, only recorded (never used to decide).
 
         Returns:
-            ``{"metric", "value", "threshold", "passed", "seconds", "round", "status"}`` plus
+            ``{"metric", "prior", "value", "threshold", "passed", "seconds", "round", "status"}`` plus
             ``attack_iterations`` and ``audits`` (the value of each audit run, first audit then
             confirmations); ``value`` is the largest of ``audits``, ``seconds`` their sum.
 
         Raises:
             DataError, TypeError: when the audit cannot run (see :meth:`SelfAudit.run`).
         """
-        results = run_with_confirmations(self._audits, self.config.threshold, global_state, update, threat, images, labels)
+        results = run_with_confirmations(
+            self._audits, self.config.threshold, global_state, update, threat, images, labels, val_images
+        )
         return self._decide(results, round_index)
 
     def skip(self, round_index: int | None) -> dict[str, Any]:
@@ -502,4 +546,4 @@ class LeakageGate:
         record = {**worst.to_dict(), "seconds": sum(r.seconds for r in results)}
         if values:
             record["audits"] = values
-        return {**record, "threshold": self.config.threshold, "passed": bool(passed), "round": round_index}
+        return {**record, "prior": self.config.prior, "threshold": self.config.threshold, "passed": bool(passed), "round": round_index}

@@ -81,6 +81,9 @@ class LeakageGateFilter(DefenseFilter):
         seed: the attack's seed, see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         device: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         num_threads: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
+        prior: the audit attack's prior, see :class:`~nvflare_gia.defenses.self_audit.SelfAuditConfig`;
+            use the server widget's ``prior`` (the jobs use ``val_retrieval``). ``val_mean`` and
+            ``val_retrieval`` read the validation split of the job's data spec.
         data_spec: the job's ``DataSpec`` file in the app's config folder (or a path or JSON text).
 
     Raises:
@@ -102,6 +105,7 @@ class LeakageGateFilter(DefenseFilter):
         seed: int = LeakageGateConfig.seed,
         device: str = LeakageGateConfig.device,
         num_threads: int | None = LeakageGateConfig.num_threads,
+        prior: str = LeakageGateConfig.prior,
         data_spec: str = DEFAULT_DATA_SPEC_FILE,
     ) -> None:
         self.metric = metric
@@ -115,18 +119,22 @@ class LeakageGateFilter(DefenseFilter):
         self.seed = seed
         self.device = device
         self.num_threads = num_threads
+        self.prior = prior
         self.data_spec = data_spec
         self._gate = LeakageGate(
             LeakageGateConfig(
                 metric=metric, threshold=threshold, every_n_rounds=every_n_rounds, confirmations=confirmations, max_images=max_images,
                 max_seconds=max_seconds, max_iterations=max_iterations, restarts=restarts, seed=seed,
-                device=device, num_threads=num_threads,
+                device=device, num_threads=num_threads, prior=prior,
             )
         )
         super().__init__(data_spec)
 
     def _build_defense(self) -> Defense | None:  # the gate applies no defense
         return None
+
+    def _needs_val_images(self) -> bool:
+        return self._gate.config.prior != "flat"
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         """Reset at ``START_RUN``; cache the received global model at ``BEFORE_TASK_EXECUTION``.
@@ -157,7 +165,9 @@ class LeakageGateFilter(DefenseFilter):
             update = {k: _subtract(v, global_state[k]) for k, v in data.items()} if dxo.data_kind == DataKind.WEIGHTS else data
             context = self._context(dxo, shareable, fl_ctx)  # the site's own data, checked against the meta
             threat = ThreatModel.from_meta(dxo.meta or {})
-            record = self._gate.audit(global_state, update, threat, context.images, context.labels, round_index=round_index)
+            record = self._gate.audit(
+                global_state, update, threat, context.images, context.labels, round_index=round_index, val_images=context.val_images
+            )
         record["seconds"] = float(time.perf_counter() - started)
         dxo.set_meta_prop(GIA_GATE_META_KEY, record)
         if not record["passed"]:
@@ -198,6 +208,8 @@ class CalibratedDefenseFilter(DefenseFilter):
         attack_seed: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         device: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         num_threads: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
+        prior: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`; use the server
+            widget's ``prior`` (the jobs use ``val_retrieval``).
         seed: the noise seed, see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`
             (leave None in production).
         data_spec: the job's ``DataSpec`` file in the app's config folder (or a path or JSON text).
@@ -226,6 +238,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         attack_seed: int = CalibratedDefenseConfig.attack_seed,
         device: str = CalibratedDefenseConfig.device,
         num_threads: int | None = CalibratedDefenseConfig.num_threads,
+        prior: str = CalibratedDefenseConfig.prior,
         seed: int | None = CalibratedDefenseConfig.seed,
         data_spec: str = DEFAULT_DATA_SPEC_FILE,
     ) -> None:
@@ -245,6 +258,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         self.attack_seed = attack_seed
         self.device = device
         self.num_threads = num_threads
+        self.prior = prior
         self.seed = seed
         self.data_spec = data_spec
         super().__init__(data_spec)
@@ -257,9 +271,12 @@ class CalibratedDefenseFilter(DefenseFilter):
                 total_seconds=self.total_seconds,
                 max_images=self.max_images, max_seconds=self.max_seconds, max_iterations=self.max_iterations,
                 restarts=self.restarts, attack_seed=self.attack_seed, device=self.device, num_threads=self.num_threads,
-                seed=self.seed,
+                prior=self.prior, seed=self.seed,
             )
         )
+
+    def _needs_val_images(self) -> bool:
+        return self.prior != "flat"
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
         """Apply the calibrated defense (see :meth:`DefenseFilter.process_dxo`) and record the calibration."""

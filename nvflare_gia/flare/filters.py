@@ -49,7 +49,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.app_constant import AppConstants
 
-from nvflare_gia.data import SiteData, load_site_data
+from nvflare_gia.data import SiteData, load_site_data, load_splits
 from nvflare_gia.defenses import (
     DefenseContext,
     GaussianNoise,
@@ -99,7 +99,8 @@ class DefenseFilter(DXOFilter):
     """Common base of the defense filters: global-model cache, site data, fail-closed processing.
 
     Subclasses implement :meth:`_build_defense` (called once, at construction) and set
-    ``_needs_data`` when the defense needs the site's data.
+    ``_needs_data`` when the defense needs the site's data; those whose self-audit draws its prior
+    from the data spec's validation split override :meth:`_needs_val_images`.
 
     Args:
         data_spec: for data-aware filters, the job's ``DataSpec``: a file in the app's config
@@ -119,12 +120,17 @@ class DefenseFilter(DXOFilter):
     def _build_defense(self) -> Defense:
         """The core defense this filter applies (built once, at construction)."""
 
+    def _needs_val_images(self) -> bool:
+        """Whether the context must carry the validation split (the public images of an audit's prior)."""
+        return False
+
     def _reset(self) -> None:
         self._global_state: dict[str, np.ndarray] | None = None
         self._global_problem = "no task data was seen (EventType.BEFORE_TASK_EXECUTION did not fire for this task)"
         self._global_task_id: Any = None
         self._global_round: int | None = None
         self._site_data: SiteData | None = None
+        self._val_images: np.ndarray | None = None
 
     # ------------------------------------------------------------------ events
 
@@ -320,7 +326,8 @@ class DefenseFilter(DXOFilter):
             return DefenseContext(round_index=round_index)
         site = self._load_site_data(fl_ctx)
         context = DefenseContext.from_training_meta(
-            dxo.meta or {}, images=site.train_images, labels=site.train_labels, round_index=round_index
+            dxo.meta or {}, images=site.train_images, labels=site.train_labels, round_index=round_index,
+            val_images=self._val_images if self._needs_val_images() else None,
         )
         if context.batch_size != site.batch_size:
             raise DataError(
@@ -342,6 +349,8 @@ class DefenseFilter(DXOFilter):
             except ConfigError as exc:
                 raise DataError(f"{owner}: cannot read the job's data spec: {exc}") from exc
             self._site_data = load_site_data(spec, site_name)
+            if self._needs_val_images():  # the whole split, as the server's widget loads it
+                self._val_images = load_splits(spec).val_images
         return self._site_data
 
 

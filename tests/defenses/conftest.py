@@ -114,6 +114,17 @@ def high_risk_case(cxr) -> Case:
     return make_case(small, labels[:1], batch_size=1)
 
 
+@pytest.fixture(scope="session")
+def cxr_val_32() -> np.ndarray:
+    """The 200 validation chest X-rays downsampled to 32×32 like ``high_risk_case`` (float32 in [0, 1]):
+    the public images of a validation prior."""
+    if not CXR_PATH.is_file():
+        pytest.skip(f"real chest X-rays not found at {CXR_PATH}")
+    with np.load(CXR_PATH) as data:
+        images = data["val_images"][:, None].astype(np.float32) / 255.0
+    return _read_only(F.avg_pool2d(torch.from_numpy(images), 2).numpy())
+
+
 @pytest.fixture()
 def toy_update() -> dict[str, np.ndarray]:
     """A small synthetic update with a conv weight, BatchNorm buffers and an integer counter (read-only)."""

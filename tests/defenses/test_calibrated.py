@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from skimage.metrics import structural_similarity
 
 from nvflare_gia.attack import ThreatModel
 from nvflare_gia.defenses.calibrated import CalibratedDefense, CalibratedDefenseConfig, CalibrationError
@@ -47,6 +48,51 @@ def test_self_audit_rejects_images_that_are_not_the_rounds(high_risk_case, cxr_c
         SelfAudit(SelfAuditConfig(**SHORT)).run(
             high_risk_case.global_state, high_risk_case.update, _threat(high_risk_case), cxr_case.images, cxr_case.labels
         )
+
+
+def test_self_audit_with_the_servers_prior_measures_rdlv_against_the_validation_mean(high_risk_case, cxr_val_32):
+    """``prior="val_retrieval"`` runs the attack the jobs' widget runs: a prior retrieved from the
+    public validation images, RDLV against their mean (what the server holds before the update)."""
+    case = high_risk_case
+    args = (case.global_state, case.update, _threat(case), case.images, case.labels)
+    flat = SelfAudit(SelfAuditConfig(**SHORT)).run(*args)
+    served = SelfAudit(SelfAuditConfig(prior="val_retrieval", **SHORT)).run(*args, val_images=cxr_val_32)
+    assert served.metrics["gia/retrieval_ranked"] == len(cxr_val_32) and "gia/retrieval_ranked" not in flat.metrics
+    mean_ssim = structural_similarity(case.images[0, 0], cxr_val_32.mean(axis=0)[0], data_range=1.0)
+    assert served.metrics["gia/prior_ssim"] == pytest.approx(mean_ssim, abs=1e-6)
+    assert flat.metrics["gia/prior_ssim"] == pytest.approx(structural_similarity(case.images[0, 0], np.full((32, 32), 0.5, np.float32), data_range=1.0), abs=1e-6)
+    ssim, prior_ssim = served.metrics["gia/ssim"], served.metrics["gia/prior_ssim"]
+    assert served.value == served.metrics["gia/rdlv"] == pytest.approx((ssim - prior_ssim) / prior_ssim)
+    # the retrieved prior starts and pulls the attack: far better images than from flat gray
+    assert served.metrics["gia/ssim"] > flat.metrics["gia/ssim"] + 0.1
+
+
+def test_self_audit_with_a_validation_prior_fails_without_valid_val_images(high_risk_case, cxr_case):
+    case = high_risk_case
+    args = (case.global_state, case.update, _threat(case), case.images, case.labels)
+    audit = SelfAudit(SelfAuditConfig(prior="val_mean", **SHORT))
+    with pytest.raises(DataError, match=r"prior='val_mean' needs val_images"):
+        audit.run(*args)
+    with pytest.raises(DataError, match=r"val_images must be finite with shape \(M, 1, 32, 32\), got \(4, 1, 64, 64\)"):
+        audit.run(*args, val_images=cxr_case.images)
+    with pytest.raises(ConfigError, match=r"prior must be one of \['flat', 'val_mean', 'val_retrieval'\], got 'mean'"):
+        SelfAuditConfig(prior="mean")
+
+
+def test_calibrated_defense_audits_with_the_contexts_validation_images(high_risk_case, cxr_val_32):
+    case = high_risk_case
+    config = CalibratedDefenseConfig(target=10.0, seed=0, prior="val_mean", **SHORT)
+    with pytest.raises(DataError, match="needs val_images"):  # fails closed: no update without its audit
+        CalibratedDefense(config).apply(case.update, global_state=case.global_state, context=case.context())
+    context = dataclasses.replace(case.context(), val_images=cxr_val_32)
+    outcome = CalibratedDefense(config).apply(case.update, global_state=case.global_state, context=context)
+    calibration = outcome.params["gia_calibration"]
+    assert calibration["status"] == "audited" and calibration["prior"] == "val_mean"
+    again = [
+        audit.run(case.global_state, outcome.update, _threat(case), case.images, case.labels, cxr_val_32).value
+        for audit in audits_with_confirmations(config.audit_config(), config.confirmations)
+    ]
+    assert calibration["tries"][0]["audits"] == again
 
 
 def test_gate_decision_compares_with_the_threshold(high_risk_case):

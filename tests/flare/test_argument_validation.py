@@ -79,6 +79,7 @@ FILTER_ROWS = [
     *_rows(LeakageGateFilter, "device", ["gpu", "", None, 0]),
     *_rows(LeakageGateFilter, "num_threads", BAD_THREADS),
     *_rows(LeakageGateFilter, "confirmations", [-1, 1.5, True, "1", None]),
+    *_rows(LeakageGateFilter, "prior", ["mean", "VAL_MEAN", "", None, 0]),
     *_rows(LeakageGateFilter, "data_spec", BAD_DATA_SPEC),
     *_rows(CalibratedDefenseFilter, "defense", ["gausian", "Gaussian", "dp", "", None, 3]),
     *_rows(CalibratedDefenseFilter, "target", [NAN, INF, -INF, "0", None, True]),
@@ -97,6 +98,7 @@ FILTER_ROWS = [
     *_rows(CalibratedDefenseFilter, "device", ["gpu", "", None]),
     *_rows(CalibratedDefenseFilter, "num_threads", BAD_THREADS),
     *_rows(CalibratedDefenseFilter, "seed", BAD_FILTER_SEEDS),
+    *_rows(CalibratedDefenseFilter, "prior", ["retrieval", "", None]),
     *_rows(CalibratedDefenseFilter, "data_spec", BAD_DATA_SPEC),
 ]
 
@@ -147,11 +149,13 @@ GOOD_ROWS = [
                                "num_threads": 1}),
     (GradientInversionWidget, {"clients": ("site-1", "site-2"), "max_seconds": 60, "end_run_wait_s": 300}),
     (LeakageGateFilter, {"metric": "ssim", "threshold": -0.5, "every_n_rounds": 1, "confirmations": 0, "max_images": 1, "max_seconds": None,
-                         "max_iterations": 1, "restarts": 1, "seed": 0, "device": "cpu", "num_threads": 1, "data_spec": "gia_data.json"}),
+                         "max_iterations": 1, "restarts": 1, "seed": 0, "device": "cpu", "num_threads": 1, "prior": "val_retrieval",
+                         "data_spec": "gia_data.json"}),
     (LeakageGateFilter, {"threshold": 1e9, "max_seconds": 1e-3, "every_n_rounds": 1000, "confirmations": 3}),
     (CalibratedDefenseFilter, {"defense": "laplacian", "target": -0.2, "metric": "ssim", "min_strength": 1e-6, "max_strength": 1e-5,
                                "ladder_factor": 1.0001, "confirmations": 0, "total_seconds": None, "max_images": 1, "max_seconds": None, "max_iterations": 1,
-                               "restarts": 1, "attack_seed": 0, "device": "cpu", "num_threads": 1, "seed": 0, "data_spec": "/abs/spec.json"}),
+                               "restarts": 1, "attack_seed": 0, "device": "cpu", "num_threads": 1, "prior": "val_mean", "seed": 0,
+                               "data_spec": "/abs/spec.json"}),
     (CalibratedDefenseFilter, {"defense": "shadow", "max_strength": 0.2, "seed": None}),
     (CalibratedDefenseFilter, {"defense": "latent", "min_strength": 0.01}),
 ]

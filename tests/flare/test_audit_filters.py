@@ -26,9 +26,10 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
 from nvflare_gia.attack import AttackConfig
-from nvflare_gia.data import DataSpec
+from nvflare_gia.data import DataSpec, load_site_data, load_splits
+from nvflare_gia.defenses import DefenseContext
 from nvflare_gia.defenses.calibrated import CalibratedDefenseConfig, strength_ladder
-from nvflare_gia.defenses.self_audit import LeakageGateConfig, SelfAuditConfig
+from nvflare_gia.defenses.self_audit import LeakageGateConfig, SelfAudit, SelfAuditConfig, threat_from_context
 from nvflare_gia.flare.audit_filters import (
     GIA_CALIBRATION_META_KEY,
     GIA_GATE_META_KEY,
@@ -208,6 +209,24 @@ def test_gate_counts_the_updates_itself_so_server_round_numbers_cannot_dodge_the
     assert records[0]["value"] is not None and records[1]["value"] is None and "every_n_rounds=2" in records[1]["reason"]
     _deliver(gate, fl_ctx, site.high_risk, round_index=1)  # a new run starts counting again: its first update is audited
     assert from_shareable(gate.process(_result(site.high_risk), fl_ctx)).get_meta_prop(GIA_GATE_META_KEY)["status"] == "audited"
+
+
+def test_gate_with_the_widgets_prior_audits_against_the_data_specs_validation_split(site, nih_cxr_path):
+    """``prior="val_retrieval"`` (the jobs' widget prior): the filter reads the whole validation
+    split of the job's data spec, as the widget does, and its decision is the core audit's."""
+    gate = LeakageGateFilter(threshold=1e9, confirmations=0, prior="val_retrieval", **FAST)
+    record = _run(gate, site, site.high_risk).get_meta_prop(GIA_GATE_META_KEY)
+    assert record["status"] == "audited" and record["prior"] == "val_retrieval" and record["passed"] is True
+    spec = DataSpec(source=str(nih_cxr_path), scheme="tmi2023", site_names=(SITE, "site-2", "site-3"))
+    site_data = load_site_data(spec, SITE)
+    context = DefenseContext.from_training_meta(site.high_risk.meta, images=site_data.train_images, labels=site_data.train_labels)
+    core = SelfAudit(SelfAuditConfig(prior="val_retrieval", **FAST)).run(
+        site.high_risk.global_state, site.high_risk.update, threat_from_context(context), site_data.train_images,
+        site_data.train_labels, load_splits(spec).val_images,
+    )
+    assert record["value"] == core.value and core.metrics["gia/retrieval_ranked"] == len(load_splits(spec).val_images)
+    flat = _run(LeakageGateFilter(threshold=1e9, confirmations=0, **FAST), site, site.high_risk).get_meta_prop(GIA_GATE_META_KEY)
+    assert flat["prior"] == "flat" and flat["value"] != record["value"]
 
 
 def test_gate_passes_clients_above_max_images_without_an_audit(site):

@@ -57,3 +57,15 @@ def test_job_components_build_with_flare_component_builder(job):
 def test_job_data_spec_is_valid(job):
     spec = DataSpec.from_json(str(job / "app" / "config" / "gia_data.json"))
     assert len(spec.sites()) == len(spec.site_names)
+
+
+@pytest.mark.parametrize("job", JOB_FOLDERS, ids=lambda p: p.name)
+def test_client_self_audits_use_the_prior_of_the_jobs_attack_widget(job):
+    """A gate or calibration that audited with a weaker prior than the server's widget would pass
+    updates the widget then reports as leaking: every audit filter names the widget's prior."""
+    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    widget_priors = [c["args"].get("prior", "flat") for _, c in _component_configs(server) if c["path"].endswith("GradientInversionWidget")]
+    client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
+    audit_filters = [c for _, c in _component_configs(client) if c["path"].endswith(("LeakageGateFilter", "CalibratedDefenseFilter"))]
+    for audit_filter in audit_filters:
+        assert widget_priors and audit_filter.get("args", {}).get("prior", "flat") in widget_priors, audit_filter["path"]
