@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from nvflare_gia.attack import AttackResult, GradientInversionAttack, ThreatModel
+from nvflare_gia.attack import TRAINING_META_KEY, AttackResult, GradientInversionAttack, ThreatModel
 from nvflare_gia.data import SiteData
 from nvflare_gia.metrics import LeakageReport, evaluate_leakage
+from nvflare_gia.training import epoch_orders
 
 __all__ = ["AuditTarget", "audit_update", "score_reconstruction", "append_record", "save_reconstruction", "make_private_dir", "image_grid"]
 
@@ -177,6 +178,18 @@ def score_reconstruction(
     )
 
 
+def _client_order(target: AuditTarget, threat: ThreatModel) -> np.ndarray:
+    """The order of the client's first epoch, drawn as :func:`nvflare_gia.training.train_local` does
+    from the reported shuffling seed (which the threat model leaves out: the attack never uses it)
+    and the round; the data's own order when no valid seed was reported."""
+    reported = target.meta.get(TRAINING_META_KEY)
+    seed = reported.get("seed") if isinstance(reported, Mapping) else None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        return np.arange(threat.num_images)
+    training = dataclasses.replace(threat.training, seed=int(seed))
+    return epoch_orders(threat.num_images, training, int(target.round))[0].numpy()
+
+
 def audit_update(
     target: AuditTarget,
     attack: GradientInversionAttack,
@@ -209,10 +222,12 @@ def audit_update(
         ``gia_defense`` from the meta, and the output paths. With ``truth`` holding the attacked
         images (as many as the update's), ``gia/truth_matching_loss`` is the attack's matching loss
         of the true images beside ``gia/matching_loss`` of its reconstruction: about 0 for an
-        undefended one-step update (the truth explains it; with several steps the client's private
-        shuffling order adds to it), so a large gap means the optimisation stopped short and the
-        leakage reported is a lower bound; a defended update the truth no longer explains better
-        than the reconstruction has lost its link to the images.
+        undefended update of one local epoch (the truth explains it; the true images are put in
+        the batches :func:`nvflare_gia.training.train_local` drew from the reported seed and the
+        round, so a client that shuffles otherwise, or trains several epochs, adds to it), so a
+        large gap means the optimisation stopped short and the leakage reported is a lower bound;
+        a defended update the truth no longer explains better than the reconstruction has lost its
+        link to the images.
     """
     started = time.monotonic()
     threat = ThreatModel.from_meta(target.meta, threat_defaults)
@@ -225,7 +240,10 @@ def audit_update(
         report = score_reconstruction(result, truth_images, truth_labels, prior=prior, classifier=classifier)
         record.update(report.to_dict())
         if tuple(np.shape(truth_images)) == (threat.num_images, threat.in_channels, threat.image_size, threat.image_size):
-            record["gia/truth_matching_loss"] = attack.matching_loss(target.global_state, target.update, threat, truth_images, truth_labels)
+            client_order = _client_order(target, threat)
+            record["gia/truth_matching_loss"] = attack.matching_loss(
+                target.global_state, target.update, threat, truth_images[client_order], truth_labels[client_order]
+            )
         order = [gt for _, gt in report.matching]
         truth_images, truth_labels = truth_images[order], truth_labels[order]
         reconstruction_order = [rec for rec, _ in report.matching]

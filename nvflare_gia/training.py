@@ -18,7 +18,8 @@ from torch import nn
 from nvflare_gia.errors import ConfigError
 
 __all__ = [
-    "OptimizerName", "TrainingConfig", "build_optimizer", "train_local", "training_meta", "evaluate", "macro_f1", "num_local_steps",
+    "OptimizerName", "TrainingConfig", "build_optimizer", "epoch_orders", "train_local", "training_meta", "evaluate", "macro_f1",
+    "num_local_steps",
 ]
 
 
@@ -90,6 +91,25 @@ def num_local_steps(num_images: int, batch_size: int, local_epochs: int) -> int:
     return int(local_epochs) * math.ceil(int(num_images) / int(batch_size))
 
 
+def epoch_orders(num_images: int, config: TrainingConfig, round_index: int = 0) -> list[torch.Tensor]:
+    """The order in which :func:`train_local` visits the images, one permutation per local epoch.
+
+    Seeded by ``config.seed`` and ``round_index``, so an audit that holds the client's data and
+    its reported training configuration can put the true images in the client's batches (to score
+    them, never to attack).
+
+    Args:
+        num_images: number of training images (>= 1).
+        config: the client's training configuration (``seed``, ``local_epochs``).
+        round_index: FL round.
+
+    Returns:
+        ``config.local_epochs`` permutations of ``range(num_images)`` (int64, CPU).
+    """
+    generator = torch.Generator().manual_seed(int(config.seed) * 100_003 + int(round_index))
+    return [torch.randperm(num_images, generator=generator) for _ in range(int(config.local_epochs))]
+
+
 def train_local(
     model: nn.Module,
     images: np.ndarray | torch.Tensor,
@@ -122,13 +142,12 @@ def train_local(
     y = torch.as_tensor(labels, dtype=torch.long, device=device)
     if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
         raise ConfigError(f"train_local: images and labels must be non-empty and equal in length, got {x.shape[0]} and {y.shape[0]}.")
-    generator = torch.Generator().manual_seed(int(config.seed) * 100_003 + int(round_index))
     optimizer = build_optimizer(model.parameters(), config)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     steps = 0
-    for _ in range(int(config.local_epochs)):
-        order = torch.randperm(x.shape[0], generator=generator).to(device)
+    for order in epoch_orders(x.shape[0], config, round_index):
+        order = order.to(device)
         for start in range(0, x.shape[0], batch_size):
             batch = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nvflare_gia.attack import NUM_STEPS_META_KEY, TRAINING_META_KEY, AttackConfig, GradientInversionAttack
+from nvflare_gia.attack import NUM_STEPS_META_KEY, TRAINING_META_KEY, AttackConfig, GradientInversionAttack, ThreatModel
 from nvflare_gia.audit import AuditTarget, append_record, audit_update, image_grid, make_private_dir, save_reconstruction
 from nvflare_gia.cli import read_metrics_lines
 from nvflare_gia.data import SiteData
@@ -89,3 +89,23 @@ def test_audit_reports_the_matching_loss_of_the_truth_beside_the_reconstruction(
     assert defended["gia/truth_matching_loss"] > 100 * undefended["gia/truth_matching_loss"]
     blind = audit_update(AuditTarget("site-1", 0, global_state, update, meta), attack)
     assert "gia/truth_matching_loss" not in blind and blind["gia/matching_loss"] == undefended["gia/matching_loss"]
+
+
+def test_audit_puts_the_true_images_in_the_clients_batches_for_a_multi_step_round(nih_cxr_path):
+    """8 images, batch 4, round 3: two steps whose batches the client drew from its seed and the
+    round. The truth in the client's order explains the update; in the data spec's order it does not."""
+    with np.load(nih_cxr_path) as data:
+        images = F.interpolate(torch.tensor(data["train_images"][:8], dtype=torch.float32)[:, None] / 255.0, size=32, mode="area")
+        labels = torch.tensor(data["train_labels"][:8]).long()
+    model = SmallCNN(init_seed=0)
+    global_state = {k: v.clone().numpy() for k, v in model.state_dict().items()}
+    config = TrainingConfig(seed=5)
+    steps = train_local(model, images, labels, 4, config, round_index=3)
+    update = {k: v.numpy() - global_state[k] for k, v in model.state_dict().items()}
+    meta = {NUM_STEPS_META_KEY: steps, TRAINING_META_KEY: training_meta(config, "small_cnn", images, 2, 4)}
+    site = SiteData("site-2", images.numpy(), labels.numpy(), images.numpy(), labels.numpy(), 4, 2, ("normal", "abnormal"))
+    attack = GradientInversionAttack(AttackConfig(max_iterations=1, max_seconds=None, restarts=1, device="cpu"))
+    record = audit_update(AuditTarget("site-2", 3, global_state, update, meta), attack, truth=site)
+    assert steps == 2 and record["gia/truth_matching_loss"] < 1e-4
+    threat = ThreatModel.from_meta(meta)
+    assert attack.matching_loss(global_state, update, threat, site.train_images, site.train_labels) > 1e-2
