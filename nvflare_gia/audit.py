@@ -24,7 +24,7 @@ from nvflare_gia.data import SiteData
 from nvflare_gia.metrics import LeakageReport, evaluate_leakage
 from nvflare_gia.training import epoch_orders
 
-__all__ = ["AuditTarget", "audit_update", "score_reconstruction", "append_record", "save_reconstruction", "make_private_dir", "image_grid"]
+__all__ = ["STOPPED_SHORT_FACTOR", "stopped_short", "AuditTarget", "audit_update", "score_reconstruction", "append_record", "save_reconstruction", "make_private_dir", "image_grid"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,28 @@ def score_reconstruction(
         bn_residual=float(result.stats["bn_residual"]),
         classifier=classifier,
     )
+
+
+#: RDLV <= 0 counts only as a lower bound when the true images fit the update at least this many
+#: times better than the reconstruction (audit mode): the optimisation stopped short of a fit the
+#: update admits, so a stronger attack could get closer to the images.
+STOPPED_SHORT_FACTOR = 2.0
+
+
+def stopped_short(matching_loss: float | None, truth_matching_loss: float | None) -> bool:
+    """Whether the true images fit the update at least :data:`STOPPED_SHORT_FACTOR` times better
+    than the reconstruction (False when either loss is unknown).
+
+    Args:
+        matching_loss: the attack's matching loss of its reconstruction.
+        truth_matching_loss: the same loss of the true images, in the client's batches.
+
+    Returns:
+        True when the leakage measured is only a lower bound.
+    """
+    if matching_loss is None or truth_matching_loss is None:
+        return False
+    return STOPPED_SHORT_FACTOR * truth_matching_loss <= matching_loss
 
 
 def _client_order(target: AuditTarget, threat: ThreatModel) -> np.ndarray:

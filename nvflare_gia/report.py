@@ -37,6 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from nvflare_gia.audit import STOPPED_SHORT_FACTOR, stopped_short
 from nvflare_gia.errors import DataError, load_json_file
 from nvflare_gia.metrics import compute_ssim
 
@@ -348,12 +349,6 @@ def _record_file(record: Mapping[str, Any], gia_dir: Path, kind: str, name: str)
     return next((p for p in candidates if p.is_file()), None)
 
 
-#: RDLV <= 0 counts only as a lower bound when the true images fit the update at least this many
-#: times better than the reconstruction (audit mode): the optimisation stopped short of a fit the
-#: update admits, so a stronger attack could get closer to the images.
-STOPPED_SHORT_FACTOR = 2.0
-
-
 def leakage_verdict(record: Mapping[str, Any]) -> tuple[str, str]:
     """The verdict on one widget record: its kind and a sentence.
 
@@ -377,7 +372,7 @@ def leakage_verdict(record: Mapping[str, Any]) -> tuple[str, str]:
     if rdlv > 0:
         return "leaks", "leaks recognisable images (RDLV > 0): the reconstruction resembles the site's images more than the prior does"
     attack_loss, truth_loss = _number(record.get("gia/matching_loss")), _number(record.get("gia/truth_matching_loss"))
-    if attack_loss is not None and truth_loss is not None and STOPPED_SHORT_FACTOR * truth_loss <= attack_loss:
+    if stopped_short(attack_loss, truth_loss):
         return "lower_bound", (
             f"no more than the prior (RDLV <= 0), but only a lower bound: the true images fit the update better than the "
             f"reconstruction (matching loss {format_metric('matching_loss', truth_loss)} against "

@@ -45,7 +45,7 @@ from nvflare_gia.attack import (
     ThreatModel,
     prior_from_validation,
 )
-from nvflare_gia.audit import score_reconstruction
+from nvflare_gia.audit import score_reconstruction, stopped_short
 from nvflare_gia.defenses._checks import check_int, check_number, look_up_option
 from nvflare_gia.defenses._update import COUNTER_SUFFIX
 from nvflare_gia.defenses.base import DefenseContext
@@ -202,7 +202,11 @@ class SelfAuditResult:
         value: the metric's value (None when skipped); higher = more leakage.
         seconds: wall-clock time of the audit.
         reason: why it was skipped ("" when audited).
-        metrics: every ``gia/<metric>`` the audit computed (SSIM, PSNR, RDLV, residuals, ...).
+        metrics: every ``gia/<metric>`` the audit computed (SSIM, PSNR, RDLV, residuals, the
+            matching loss of the reconstruction and of the true images, ...).
+        lower_bound: the true images fit the update at least
+            :data:`nvflare_gia.audit.STOPPED_SHORT_FACTOR` times better than the reconstruction:
+            the attack stopped short, so ``value`` underestimates what a stronger attack recovers.
     """
 
     status: str
@@ -211,10 +215,13 @@ class SelfAuditResult:
     seconds: float
     reason: str = ""
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    lower_bound: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary (what the filters write into the DXO meta)."""
-        out: dict[str, Any] = {"status": self.status, "metric": self.metric, "value": self.value, "seconds": self.seconds}
+        out: dict[str, Any] = {
+            "status": self.status, "metric": self.metric, "value": self.value, "seconds": self.seconds, "lower_bound": self.lower_bound,
+        }
         if self.reason:
             out["reason"] = self.reason
         if "gia/attack_iterations" in self.metrics:
@@ -295,6 +302,7 @@ class SelfAudit:
         images: Any,
         labels: Any,
         val_images: Any = None,
+        batch_order: Any = None,
     ) -> SelfAuditResult:
         """Attack ``update`` (``WEIGHT_DIFF`` from ``global_state``) and score it against ``images``.
 
@@ -306,6 +314,9 @@ class SelfAudit:
             labels: their labels ``(N,)``.
             val_images: public validation images ``(M, C, H, W)`` in [0, 1], the source of a
                 ``val_mean`` or ``val_retrieval`` prior (unused for ``flat``).
+            batch_order: the order in which the client's first epoch visited ``images`` (see
+                :func:`nvflare_gia.training.epoch_orders`), to score the true images in the
+                client's batches; None = their own order (exact for a one-step round).
 
         Returns:
             The :class:`SelfAuditResult` (``skipped`` when ``threat.num_images > max_images``).
@@ -313,8 +324,8 @@ class SelfAudit:
         Raises:
             TypeError: for a wrong argument type.
             DataError: if the images do not match the threat model, the update is malformed,
-                the prior needs ``val_images`` that are missing or malformed, or the metric is
-                not finite.
+                the prior needs ``val_images`` that are missing or malformed, ``batch_order`` is
+                not a permutation of the images, or the metric is not finite.
         """
         started = time.perf_counter()
         cfg = self.config
@@ -337,11 +348,15 @@ class SelfAudit:
                 f"got images {truth.shape} and {len(truth_labels)} labels."
             )
         _check_local_steps(update, threat)
+        order = np.arange(threat.num_images) if batch_order is None else np.asarray(batch_order).reshape(-1)
+        if sorted(order.tolist()) != list(range(threat.num_images)):
+            raise DataError(f"SelfAudit: batch_order must be a permutation of range({threat.num_images}), got {order.tolist()}.")
         prior, candidates = prior_from_validation(cfg.prior, self._public_images(val_images, expected[1:]))
         attack = GradientInversionAttack(cfg.attack_config())
         result = attack.reconstruct(global_state, update, threat, prior=prior, candidates=candidates)
         report = score_reconstruction(result, truth, truth_labels, prior=prior)
         metrics = {**result.to_dict(), **report.to_dict()}
+        metrics["gia/truth_matching_loss"] = attack.matching_loss(global_state, update, threat, truth[order], truth_labels[order])
         value = metrics.get(f"gia/{cfg.metric}")
         if value is None or not math.isfinite(float(value)):
             raise DataError(f"SelfAudit: the attack gave no finite {cfg.metric} ({value!r}); the update cannot be audited.")
@@ -353,6 +368,7 @@ class SelfAudit:
             value=float(value),
             seconds=seconds,
             metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            lower_bound=stopped_short(metrics["gia/matching_loss"], metrics["gia/truth_matching_loss"]),
         )
 
 
@@ -386,6 +402,7 @@ def run_with_confirmations(
     images: Any,
     labels: Any,
     val_images: Any = None,
+    batch_order: Any = None,
 ) -> list[SelfAuditResult]:
     """Run ``audits[0]``, then each further audit (a confirmation) while every value so far is at
     or under ``threshold``.
@@ -397,7 +414,7 @@ def run_with_confirmations(
     Args:
         audits: the first audit and its confirmations (usually the same budget, other attack seeds).
         threshold: the largest value that passes.
-        global_state, update, threat, images, labels, val_images: see :meth:`SelfAudit.run`.
+        global_state, update, threat, images, labels, val_images, batch_order: see :meth:`SelfAudit.run`.
 
     Returns:
         The results in order: all of them when every value passes, else up to the first that fails.
@@ -407,7 +424,7 @@ def run_with_confirmations(
     """
     results: list[SelfAuditResult] = []
     for audit in audits:
-        results.append(audit.run(global_state, update, threat, images, labels, val_images))
+        results.append(audit.run(global_state, update, threat, images, labels, val_images, batch_order))
         if results[-1].value is None or results[-1].value > threshold:
             break
     return results
@@ -427,6 +444,10 @@ class LeakageGateConfig:
         confirmations: further audits, with attack seeds ``seed + 1, ...``, that an update whose
             first audit passes must pass too (>= 0; see :func:`run_with_confirmations`); the
             decision uses the largest value.
+        block_lower_bound: also block an update whose value passes but is only a lower bound
+            (:attr:`SelfAuditResult.lower_bound`: the true images fit the update far better than
+            the reconstruction, so the audit cannot vouch for it; e.g. an undefended update the
+            attack failed to invert). A defended update the truth no longer fits better passes.
         max_images, max_seconds, max_iterations, restarts, seed, device, num_threads, prior: see
             :class:`SelfAuditConfig`.
 
@@ -442,6 +463,7 @@ class LeakageGateConfig:
     threshold: float = 0.0
     every_n_rounds: int = 1
     confirmations: int = 1
+    block_lower_bound: bool = True
     max_images: int = SelfAuditConfig.max_images
     max_seconds: float | None = SelfAuditConfig.max_seconds
     max_iterations: int = SelfAuditConfig.max_iterations
@@ -459,6 +481,8 @@ class LeakageGateConfig:
         object.__setattr__(self, "threshold", check_number(owner, "threshold", self.threshold, low=-math.inf))
         object.__setattr__(self, "every_n_rounds", check_int(owner, "every_n_rounds", self.every_n_rounds, minimum=1))
         object.__setattr__(self, "confirmations", check_int(owner, "confirmations", self.confirmations, minimum=0))
+        if not isinstance(self.block_lower_bound, bool):
+            raise TypeError(f"{owner}: block_lower_bound must be a bool, got {self.block_lower_bound!r}.")
 
     def audit_config(self) -> SelfAuditConfig:
         """The :class:`SelfAuditConfig` of the first audit (confirmations: :func:`audits_with_confirmations`)."""
@@ -508,16 +532,17 @@ class LeakageGate:
         *,
         round_index: int | None = None,
         val_images: Any = None,
+        batch_order: Any = None,
     ) -> dict[str, Any]:
         """Audit the update and return the decision (call :meth:`take_turn` first: every update
         counts, and one that is not due gets :meth:`skip` instead).
 
         Args:
-            global_state, update, threat, images, labels, val_images: see :meth:`SelfAudit.run`.
+            global_state, update, threat, images, labels, val_images, batch_order: see :meth:`SelfAudit.run`.
             round_index: the server's round number, only recorded (never used to decide).
 
         Returns:
-            ``{"metric", "prior", "value", "threshold", "passed", "seconds", "round", "status"}`` plus
+            ``{"metric", "prior", "value", "threshold", "passed", "lower_bound", "seconds", "round", "status"}`` plus
             ``attack_iterations`` and ``audits`` (the value of each audit run, first audit then
             confirmations); ``value`` is the largest of ``audits``, ``seconds`` their sum.
 
@@ -525,7 +550,7 @@ class LeakageGate:
             DataError, TypeError: when the audit cannot run (see :meth:`SelfAudit.run`).
         """
         results = run_with_confirmations(
-            self._audits, self.config.threshold, global_state, update, threat, images, labels, val_images
+            self._audits, self.config.threshold, global_state, update, threat, images, labels, val_images, batch_order
         )
         return self._decide(results, round_index)
 
@@ -542,8 +567,9 @@ class LeakageGate:
     def _decide(self, results: Sequence[SelfAuditResult], round_index: int | None) -> dict[str, Any]:
         values = [r.value for r in results if r.value is not None]
         worst = max(results, key=lambda r: -math.inf if r.value is None else r.value)
-        passed = worst.value is None or worst.value <= self.config.threshold
-        record = {**worst.to_dict(), "seconds": sum(r.seconds for r in results)}
+        lower_bound = any(r.lower_bound for r in results)
+        passed = (worst.value is None or worst.value <= self.config.threshold) and not (self.config.block_lower_bound and lower_bound)
+        record = {**worst.to_dict(), "lower_bound": lower_bound, "seconds": sum(r.seconds for r in results)}
         if values:
             record["audits"] = values
         return {**record, "prior": self.config.prior, "threshold": self.config.threshold, "passed": bool(passed), "round": round_index}

@@ -49,6 +49,7 @@ from nvflare_gia.defenses.calibrated import CALIBRATION_PARAM, CalibratedDefense
 from nvflare_gia.defenses.self_audit import LeakageGate, LeakageGateConfig
 from nvflare_gia.errors import DataError
 from nvflare_gia.flare.client_train import DEFAULT_DATA_SPEC_FILE
+from nvflare_gia.training import epoch_orders
 from nvflare_gia.flare.filters import (
     GIA_DEFENSE_META_KEY,
     DefenseFilter,
@@ -74,6 +75,9 @@ class LeakageGateFilter(DefenseFilter):
         threshold: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         every_n_rounds: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         confirmations: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
+        block_lower_bound: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`; the
+            true images are scored in the batches the client drew (``nvflare_gia.training``'s
+            shuffle from the reported seed and the round).
         max_images: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         max_seconds: attack budget of the audit, see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         max_iterations: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
@@ -98,6 +102,7 @@ class LeakageGateFilter(DefenseFilter):
         threshold: float = LeakageGateConfig.threshold,
         every_n_rounds: int = LeakageGateConfig.every_n_rounds,
         confirmations: int = LeakageGateConfig.confirmations,
+        block_lower_bound: bool = LeakageGateConfig.block_lower_bound,
         max_images: int = LeakageGateConfig.max_images,
         max_seconds: float | None = LeakageGateConfig.max_seconds,
         max_iterations: int = LeakageGateConfig.max_iterations,
@@ -112,6 +117,7 @@ class LeakageGateFilter(DefenseFilter):
         self.threshold = threshold
         self.every_n_rounds = every_n_rounds
         self.confirmations = confirmations
+        self.block_lower_bound = block_lower_bound
         self.max_images = max_images
         self.max_seconds = max_seconds
         self.max_iterations = max_iterations
@@ -123,7 +129,8 @@ class LeakageGateFilter(DefenseFilter):
         self.data_spec = data_spec
         self._gate = LeakageGate(
             LeakageGateConfig(
-                metric=metric, threshold=threshold, every_n_rounds=every_n_rounds, confirmations=confirmations, max_images=max_images,
+                metric=metric, threshold=threshold, every_n_rounds=every_n_rounds, confirmations=confirmations,
+                block_lower_bound=block_lower_bound, max_images=max_images,
                 max_seconds=max_seconds, max_iterations=max_iterations, restarts=restarts, seed=seed,
                 device=device, num_threads=num_threads, prior=prior,
             )
@@ -165,16 +172,21 @@ class LeakageGateFilter(DefenseFilter):
             update = {k: _subtract(v, global_state[k]) for k, v in data.items()} if dxo.data_kind == DataKind.WEIGHTS else data
             context = self._context(dxo, shareable, fl_ctx)  # the site's own data, checked against the meta
             threat = ThreatModel.from_meta(dxo.meta or {})
+            batch_order = epoch_orders(len(context.images), context.training, context.round_index or 0)[0].numpy()
             record = self._gate.audit(
-                global_state, update, threat, context.images, context.labels, round_index=round_index, val_images=context.val_images
+                global_state, update, threat, context.images, context.labels, round_index=round_index,
+                val_images=context.val_images, batch_order=batch_order,
             )
         record["seconds"] = float(time.perf_counter() - started)
         dxo.set_meta_prop(GIA_GATE_META_KEY, record)
         if not record["passed"]:
-            message = (
-                f"{owner}: blocked the task result of round {round_index}: self-audited {record['metric']} = "
-                f"{record['value']:.4f} > threshold {record['threshold']}"
+            verdict = (
+                f"> threshold {record['threshold']}"
+                if record["value"] > record["threshold"]
+                else f"<= threshold {record['threshold']}, but only a lower bound: the true images fit the update far better "
+                "than the reconstruction (block_lower_bound)"
             )
+            message = f"{owner}: blocked the task result of round {round_index}: self-audited {record['metric']} = {record['value']:.4f} {verdict}"
             self.log_error(fl_ctx, message)
             raise ContentBlockedException(message)
         if record["status"] == "skipped":

@@ -15,6 +15,7 @@ from nvflare_gia.defenses.self_audit import (
     LeakageGate, LeakageGateConfig, SelfAudit, SelfAuditConfig, audits_with_confirmations, threat_from_context,
 )
 from nvflare_gia.errors import ConfigError, DataError
+from nvflare_gia.training import epoch_orders
 
 SHORT = {"max_iterations": 40, "restarts": 1, "max_seconds": None, "num_threads": 1}
 
@@ -99,7 +100,7 @@ def test_gate_decision_compares_with_the_threshold(high_risk_case):
     case = high_risk_case
     args = (case.global_state, case.update, _threat(case), case.images, case.labels)
     strict = LeakageGate(LeakageGateConfig(threshold=-10.0, **SHORT)).audit(*args, round_index=0)
-    lenient = LeakageGate(LeakageGateConfig(threshold=10.0, **SHORT)).audit(*args, round_index=0)
+    lenient = LeakageGate(LeakageGateConfig(threshold=10.0, block_lower_bound=False, **SHORT)).audit(*args, round_index=0)
     assert strict["passed"] is False and lenient["passed"] is True
     # a failing first audit needs no confirmation; a passing one is confirmed with the next attack seed
     assert len(strict["audits"]) == 1 and strict["value"] == strict["audits"][0] == lenient["audits"][0]
@@ -114,6 +115,41 @@ def test_gate_decision_compares_with_the_threshold(high_risk_case):
     assert gate.take_turn() is True
 
 
+def test_gate_blocks_an_update_whose_passing_audit_is_only_a_lower_bound(high_risk_case):
+    """An undefended update the short attack fails to invert passes the threshold, but its true
+    images fit it far better than the reconstruction: the audit cannot vouch for it. A noised
+    update the truth no longer fits better is judged by the threshold alone."""
+    case = high_risk_case
+    threat = _threat(case)
+    gate = LeakageGate(LeakageGateConfig(threshold=10.0, confirmations=0, **SHORT))
+    undefended = gate.audit(case.global_state, case.update, threat, case.images, case.labels)
+    audit = SelfAudit(SelfAuditConfig(**SHORT)).run(case.global_state, case.update, threat, case.images, case.labels)
+    assert audit.metrics["gia/truth_matching_loss"] < 1e-4 and audit.lower_bound
+    assert undefended["value"] <= 10.0 and undefended["lower_bound"] is True and undefended["passed"] is False
+    rng = np.random.default_rng(0)
+    noised = {k: v + 0.05 * rng.standard_normal(v.shape).astype(v.dtype) if v.dtype.kind == "f" and "running" not in k else v
+              for k, v in case.update.items()}
+    defended = gate.audit(case.global_state, noised, threat, case.images, case.labels)
+    assert defended["lower_bound"] is False and defended["passed"] is True
+    lenient = LeakageGate(LeakageGateConfig(threshold=10.0, confirmations=0, block_lower_bound=False, **SHORT))
+    assert lenient.audit(case.global_state, case.update, threat, case.images, case.labels)["passed"] is True
+    with pytest.raises(DataError, match=r"batch_order must be a permutation of range\(1\), got \[1\]"):
+        SelfAudit(SelfAuditConfig(**SHORT)).run(case.global_state, case.update, threat, case.images, case.labels, batch_order=[1])
+    with pytest.raises(TypeError, match="block_lower_bound must be a bool, got 1"):
+        LeakageGateConfig(block_lower_bound=1)
+
+
+def test_self_audit_scores_the_truth_in_the_clients_batches(small_site_case):
+    """Two steps of four: the truth fits the update only in the batches train_local drew."""
+    case = small_site_case
+    args = (case.global_state, case.update, _threat(case), case.images, case.labels)
+    audit = SelfAudit(SelfAuditConfig(**{**SHORT, "max_iterations": 1}))
+    in_order = audit.run(*args, batch_order=epoch_orders(len(case.images), case.training, 0)[0].numpy())
+    as_stored = audit.run(*args)
+    assert in_order.metrics["gia/truth_matching_loss"] < 1e-4 < 1e-2 < as_stored.metrics["gia/truth_matching_loss"]
+    assert in_order.lower_bound  # one iteration is far from the fit the truth shows
+
+
 def test_gate_blocks_when_a_confirmation_fails_although_the_first_audit_passed(high_risk_case):
     case = high_risk_case
     args = (case.global_state, case.update, _threat(case), case.images, case.labels)
@@ -121,7 +157,7 @@ def test_gate_blocks_when_a_confirmation_fails_although_the_first_audit_passed(h
     assert len(set(values.values())) > 1  # other attack seeds, other reconstructions
     # a first seed whose audit is not the largest of it and its two confirmations (seeds + 1, + 2)
     seed = next(s for s in range(4) if values[s] < max(values[s + 1], values[s + 2]))
-    config = LeakageGateConfig(confirmations=2, seed=seed, **SHORT)
+    config = LeakageGateConfig(confirmations=2, seed=seed, block_lower_bound=False, **SHORT)
     assert [audit.config.seed for audit in audits_with_confirmations(config.audit_config(), 2)] == [seed, seed + 1, seed + 2]
     chain = [values[seed + index] for index in range(3)]
     threshold = (chain[0] + max(chain)) / 2  # the first audit passes, a confirmation fails

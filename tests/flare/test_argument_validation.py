@@ -79,6 +79,7 @@ FILTER_ROWS = [
     *_rows(LeakageGateFilter, "device", ["gpu", "", None, 0]),
     *_rows(LeakageGateFilter, "num_threads", BAD_THREADS),
     *_rows(LeakageGateFilter, "confirmations", [-1, 1.5, True, "1", None]),
+    *_rows(LeakageGateFilter, "block_lower_bound", [1, 0, "yes", None]),
     *_rows(LeakageGateFilter, "prior", ["mean", "VAL_MEAN", "", None, 0]),
     *_rows(LeakageGateFilter, "data_spec", BAD_DATA_SPEC),
     *_rows(CalibratedDefenseFilter, "defense", ["gausian", "Gaussian", "dp", "", None, 3]),

@@ -173,15 +173,23 @@ def test_gate_blocks_the_undefended_high_risk_update(site):
 
 
 def test_gate_passes_a_large_batch_update_and_records_the_audit(site):
-    gate = LeakageGateFilter(threshold=0.0, data_spec=LARGE_BATCH_SPEC, **FAST)
+    gate = LeakageGateFilter(threshold=0.0, block_lower_bound=False, data_spec=LARGE_BATCH_SPEC, **FAST)
     dxo = _run(gate, site, site.large_batch)
     record = dxo.get_meta_prop(GIA_GATE_META_KEY)
-    assert record["status"] == "audited" and record["passed"] is True
+    assert record["status"] == "audited" and record["passed"] is True and record["lower_bound"] is True
     assert record["metric"] == "rdlv" and record["value"] <= 0.0 and record["threshold"] == 0.0
     assert record["round"] == ROUND and record["seconds"] > 0 and record["attack_iterations"] == FAST["max_iterations"]
     for key, value in site.large_batch.update.items():
         assert np.array_equal(dxo.data[key], value), key
     assert "LeakageGateFilter" in dxo.get_filter_history()
+
+
+def test_gate_blocks_a_passing_audit_that_is_only_a_lower_bound(site):
+    """The same large-batch update: its RDLV passes, but the true images, put in the batches the
+    client drew from its reported seed and the round, fit it far better than the reconstruction."""
+    gate = LeakageGateFilter(threshold=0.0, confirmations=0, data_spec=LARGE_BATCH_SPEC, **FAST)
+    with pytest.raises(ContentBlockedException, match=r"rdlv = -?[0-9.]+ <= threshold 0.0, but only a lower bound"):
+        _run(gate, site, site.large_batch)
 
 
 def test_gate_after_a_defense_audits_the_defended_update_by_ssim(site):
@@ -198,7 +206,7 @@ def test_gate_after_a_defense_audits_the_defended_update_by_ssim(site):
 def test_gate_counts_the_updates_itself_so_server_round_numbers_cannot_dodge_the_audit(site):
     """every_n_rounds=2 audits the client's 1st, 3rd, ... update, whatever round numbers the server
     sends: a server that always said round 1 would have skipped every audit by its numbering."""
-    gate = LeakageGateFilter(every_n_rounds=2, threshold=1e9, **TINY)
+    gate = LeakageGateFilter(every_n_rounds=2, threshold=1e9, block_lower_bound=False, **TINY)
     fl_ctx = _context(site)
     records = []
     for turn in range(3):
@@ -214,7 +222,7 @@ def test_gate_counts_the_updates_itself_so_server_round_numbers_cannot_dodge_the
 def test_gate_with_the_widgets_prior_audits_against_the_data_specs_validation_split(site, nih_cxr_path):
     """``prior="val_retrieval"`` (the jobs' widget prior): the filter reads the whole validation
     split of the job's data spec, as the widget does, and its decision is the core audit's."""
-    gate = LeakageGateFilter(threshold=1e9, confirmations=0, prior="val_retrieval", **FAST)
+    gate = LeakageGateFilter(threshold=1e9, confirmations=0, block_lower_bound=False, prior="val_retrieval", **FAST)
     record = _run(gate, site, site.high_risk).get_meta_prop(GIA_GATE_META_KEY)
     assert record["status"] == "audited" and record["prior"] == "val_retrieval" and record["passed"] is True
     spec = DataSpec(source=str(nih_cxr_path), scheme="tmi2023", site_names=(SITE, "site-2", "site-3"))
@@ -225,7 +233,8 @@ def test_gate_with_the_widgets_prior_audits_against_the_data_specs_validation_sp
         site_data.train_labels, load_splits(spec).val_images,
     )
     assert record["value"] == core.value and core.metrics["gia/retrieval_ranked"] == len(load_splits(spec).val_images)
-    flat = _run(LeakageGateFilter(threshold=1e9, confirmations=0, **FAST), site, site.high_risk).get_meta_prop(GIA_GATE_META_KEY)
+    flat = _run(LeakageGateFilter(threshold=1e9, confirmations=0, block_lower_bound=False, **FAST), site, site.high_risk)
+    flat = flat.get_meta_prop(GIA_GATE_META_KEY)
     assert flat["prior"] == "flat" and flat["value"] != record["value"]
 
 
