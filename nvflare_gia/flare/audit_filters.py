@@ -4,9 +4,10 @@
   runs the attack on the update as it will leave the site (after the defenses) against the cached
   global model, scores the reconstruction against the site's own training images (read through
   the job's data spec, ``gia_data.json``, as the training script and the data-aware defenses do),
-  and raises when the configured metric is above ``threshold``, so FLARE replies
-  ``TASK_RESULT_FILTER_ERROR`` and the update never leaves. It records ``meta["gia_gate"]``
-  (``metric``, ``value``, ``threshold``, ``passed``, ``seconds``, ``round``, ``status``) either way.
+  and raises when the configured metric is above ``threshold`` (or, with ``block_lower_bound``,
+  when the audit is only a lower bound), so FLARE replies ``TASK_RESULT_FILTER_ERROR`` and the
+  update never leaves. It records ``meta["gia_gate"]`` (``metric``, ``prior``, ``value``,
+  ``threshold``, ``passed``, ``lower_bound``, ``seconds``, ``round``, ``status``) either way.
 * :class:`CalibratedDefenseFilter` — a defense filter (like those of :mod:`nvflare_gia.flare.filters`)
   wrapping :class:`nvflare_gia.defenses.calibrated.CalibratedDefense`: each round it applies the
   weakest strength of a noise defense whose self-audited leakage meets ``target``, and records
