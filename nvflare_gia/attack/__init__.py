@@ -22,6 +22,7 @@ from nvflare_gia.attack.engine import (
     InitName,
     Parametrization,
     RestartSelection,
+    check_prior_name,
     prior_from_validation,
     resolve_device,
     validate_update,
@@ -61,6 +62,7 @@ from nvflare_gia.attack.threat_model import (
 __all__ = [
     "DEFAULT_MAX_IMAGES",
     "PRIOR_NAMES",
+    "check_prior_name",
     "prior_from_validation",
     "NUM_STEPS_META_KEY",
     "OBJECTIVES",

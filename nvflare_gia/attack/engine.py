@@ -78,6 +78,7 @@ from nvflare_gia.models import build_model
 __all__ = [
     "DEFAULT_MAX_IMAGES",
     "PRIOR_NAMES",
+    "check_prior_name",
     "prior_from_validation",
     "AttackConfig",
     "AttackResult",
@@ -103,6 +104,17 @@ DEFAULT_MAX_IMAGES = 32
 PRIOR_NAMES = ("flat", "val_mean", "val_retrieval")
 
 
+def check_prior_name(owner: str, name: Any) -> str:
+    """Return ``name`` if it is one of :data:`PRIOR_NAMES`.
+
+    Raises:
+        ConfigError: ``"{owner}: prior must be one of [...], got {name!r}."`` otherwise.
+    """
+    if not isinstance(name, str) or name not in PRIOR_NAMES:
+        raise ConfigError(f"{owner}: prior must be one of {list(PRIOR_NAMES)}, got {name!r}.")
+    return name
+
+
 def prior_from_validation(name: str, val_images: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The ``prior`` and ``candidates`` arguments of :meth:`GradientInversionAttack.reconstruct` for a
     prior of :data:`PRIOR_NAMES`; the prior is also the image RDLV is measured against.
@@ -118,9 +130,7 @@ def prior_from_validation(name: str, val_images: np.ndarray | None) -> tuple[np.
     Raises:
         ConfigError: for an unknown name.
     """
-    if name not in PRIOR_NAMES:
-        raise ConfigError(f"prior must be one of {list(PRIOR_NAMES)}, got {name!r}.")
-    if name == "flat":
+    if check_prior_name("prior_from_validation", name) == "flat":
         return None, None
     return val_images.mean(axis=0), (val_images if name == "val_retrieval" else None)
 
@@ -629,9 +639,8 @@ class GradientInversionAttack:
             model, global_tensors, update_tensors, threat,
             strategy=self.config.label_strategy, prior=prior_tensor, bn_statistics=recovered,
         )
-        epoch_batches = threat.batch_sizes[: math.ceil(threat.num_images / threat.batch_size)]
-        if label_info.labels is not None and len(epoch_batches) > 1:
-            label_info = dataclasses.replace(label_info, labels=spread_over_batches(label_info.labels, epoch_batches))
+        if label_info.labels is not None and len(threat.epoch_batch_sizes) > 1:
+            label_info = dataclasses.replace(label_info, labels=spread_over_batches(label_info.labels, threat.epoch_batch_sizes))
         simulator = LocalTrainingSimulator(model, threat, device=device)
         names = simulator.param_names
         return _Problem(

@@ -108,10 +108,14 @@ class ThreatModel:
             object.__setattr__(self, "bn_momentum", float(m))
 
     @property
+    def epoch_batch_sizes(self) -> tuple[int, ...]:
+        """Sizes of one epoch's mini-batches in order (the last may be smaller)."""
+        return tuple(min(self.batch_size, self.num_images - s) for s in range(0, self.num_images, self.batch_size))
+
+    @property
     def batch_sizes(self) -> tuple[int, ...]:
         """Sizes of the mini-batches of the round in order (the last of each epoch may be smaller)."""
-        per_epoch = [min(self.batch_size, self.num_images - s) for s in range(0, self.num_images, self.batch_size)]
-        return tuple(per_epoch * self.training.local_epochs)
+        return self.epoch_batch_sizes * self.training.local_epochs
 
     def to_dict(self) -> dict:
         """Return the threat model as a flat JSON-serialisable dict (the ``gia_training`` layout)."""

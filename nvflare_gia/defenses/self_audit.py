@@ -43,13 +43,14 @@ from nvflare_gia.attack import (
     DeviceName,
     GradientInversionAttack,
     ThreatModel,
+    check_prior_name,
     prior_from_validation,
 )
 from nvflare_gia.audit import score_reconstruction, stopped_short
 from nvflare_gia.defenses._checks import check_int, check_number, look_up_option
 from nvflare_gia.defenses._update import COUNTER_SUFFIX
 from nvflare_gia.defenses.base import DefenseContext
-from nvflare_gia.errors import ConfigError, DataError
+from nvflare_gia.errors import DataError
 from nvflare_gia.training import num_local_steps
 
 __all__ = [
@@ -116,8 +117,6 @@ def check_audit_options(
         TypeError: for a wrong type.
         ConfigError: for a value out of range or an unknown option.
     """
-    if prior not in PRIOR_NAMES:
-        raise ConfigError(f"{owner}: prior must be one of {list(PRIOR_NAMES)}, got {prior!r}.")
     out = {
         "metric": look_up_option(owner, "metric", metric, LeakageMetric),
         "max_images": check_int(owner, "max_images", max_images, minimum=1),
@@ -127,7 +126,7 @@ def check_audit_options(
         "seed": check_int(owner, seed_name, seed, minimum=0),
         "device": look_up_option(owner, "device", device, DeviceName),
         "num_threads": check_int(owner, "num_threads", num_threads, minimum=1, allow_none=True),
-        "prior": prior,
+        "prior": check_prior_name(owner, prior),
     }
     return out
 

@@ -24,7 +24,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.widget import Widget
 
-from nvflare_gia.attack import DEFAULT_MAX_IMAGES, PRIOR_NAMES, AttackConfig, GradientInversionAttack, prior_from_validation
+from nvflare_gia.attack import DEFAULT_MAX_IMAGES, AttackConfig, GradientInversionAttack, check_prior_name, prior_from_validation
 from nvflare_gia.audit import AuditTarget, append_record, audit_update, make_private_dir
 from nvflare_gia.defenses._update import to_numpy
 from nvflare_gia.errors import ConfigError
@@ -139,8 +139,7 @@ class GradientInversionWidget(Widget):
             raise ConfigError(f"GradientInversionWidget: tensorboard_images must be true or false, got {tensorboard_images!r}.")
         if not isinstance(data_spec_file, str) or not data_spec_file.strip():
             raise ConfigError(f"GradientInversionWidget: data_spec_file must be a non-empty file name, got {data_spec_file!r}.")
-        if prior not in PRIOR_NAMES:
-            raise ConfigError(f"GradientInversionWidget: prior must be one of {list(PRIOR_NAMES)}, got {prior!r}.")
+        check_prior_name("GradientInversionWidget", prior)
         if not isinstance(output_dir, str) or not output_dir or Path(output_dir).is_absolute() or ".." in Path(output_dir).parts:
             raise ConfigError(f"GradientInversionWidget: output_dir must be a relative folder name inside the run directory, got {output_dir!r}.")
         self.clients = clients
