@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--json", required=True)
     attack.add_argument("--seconds", type=_positive_seconds, default=60.0)
     attack.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    attack.add_argument(
+        "--threads", type=_int_at_least(1), default=None,
+        help="CPU threads for the attacks and the timed training steps (default: one, the steadiest timing on a small machine)",
+    )
     defenses = bench_commands.add_parser("defenses", help="privacy-utility of every defense (TMI 2023 protocol)")
     defenses.add_argument("--quick", action="store_true", help="smaller grid, fewer rounds (same protocol)")
     defenses.add_argument("--data", default=None)
@@ -249,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench" and args.bench_command == "attack":
         from nvflare_gia.bench.attack_bench import run_attack_benchmark
 
-        run_attack_benchmark(quick=args.quick, data=args.data, json_path=args.json, seconds=args.seconds, device=args.device)
+        threads = {} if args.threads is None else {"threads": args.threads}
+        run_attack_benchmark(quick=args.quick, data=args.data, json_path=args.json, seconds=args.seconds, device=args.device, **threads)
         return 0
     if args.command == "bench" and args.bench_command == "defenses":
         from nvflare_gia.bench.defense_bench import parse_grid, run_defense_benchmark

@@ -15,6 +15,7 @@ from nvflare_gia.cli import main
         (["demo", "--attack-seconds", "nan"], "--attack-seconds", "seconds > 0"),
         (["simulate", "fedavg_cxr", "--rounds", "-1"], "--rounds", "integer >= 1"),
         (["bench", "attack", "--json", "x.json", "--seconds", "-5"], "--seconds", "seconds > 0"),
+        (["bench", "attack", "--json", "x.json", "--threads", "0"], "--threads", "integer >= 1"),
         (["bench", "defenses", "--json", "x.json", "--rounds", "0"], "--rounds", "integer >= 1"),
         (["bench", "defenses", "--json", "x.json", "--attack-seconds", "0"], "--attack-seconds", "seconds > 0"),
         (["bench", "overhead", "--json", "x.json", "--repeats", "0"], "--repeats", "integer >= 1"),

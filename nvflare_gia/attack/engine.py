@@ -74,6 +74,7 @@ from nvflare_gia.attack.simulate import LocalTrainingSimulator
 from nvflare_gia.attack.threat_model import ThreatModel, bn_momenta
 from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.models import build_model
+from nvflare_gia.threads import torch_threads
 
 __all__ = [
     "DEFAULT_MAX_IMAGES",
@@ -559,14 +560,8 @@ class GradientInversionAttack:
         """
         if not isinstance(threat, ThreatModel):
             raise TypeError(f"GradientInversionAttack: threat must be a ThreatModel, got {type(threat).__name__}.")
-        if self.config.num_threads is None:
+        with torch_threads(self.config.num_threads):
             return self._reconstruct(global_state, update, threat, prior, candidates)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.config.num_threads)
-        try:
-            return self._reconstruct(global_state, update, threat, prior, candidates)
-        finally:
-            torch.set_num_threads(previous)
 
     def matching_loss(self, global_state: Mapping, update: Mapping, threat: ThreatModel, images: Any, labels: Any) -> float:
         """The attack's matching loss (objective + ``bn_weight`` x BN term) of given images.

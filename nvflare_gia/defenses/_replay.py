@@ -28,7 +28,6 @@ __all__ = [
     "early_output",
     "LatentShift",
     "shifted",
-    "torch_threads",
 ]
 
 
@@ -130,20 +129,6 @@ def first_pooling_module(model: nn.Module) -> str:
         if isinstance(module, kinds):
             return name
     raise DataError("the network has no pooling layer; give split_layer explicitly.")
-
-
-@contextlib.contextmanager
-def torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Within the block torch uses ``num_threads`` CPU threads (None: leave the process setting)."""
-    if num_threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class _Stop(Exception):

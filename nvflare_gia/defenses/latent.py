@@ -59,11 +59,11 @@ from nvflare_gia.defenses._replay import (
     first_pooling_module,
     replay_update,
     shifted,
-    torch_threads,
 )
 from nvflare_gia.defenses._update import copy_value, is_perturbable, restore_like, squared_norm_float64, to_tensor, validate_update
 from nvflare_gia.defenses.base import Defense, DefenseContext, DefenseOutcome
 from nvflare_gia.errors import ConfigError, DataError
+from nvflare_gia.threads import torch_threads
 
 __all__ = ["LatentPerturbationConfig", "LatentPerturbation"]
 

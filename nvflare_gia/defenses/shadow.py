@@ -48,10 +48,11 @@ from torch import nn
 
 from nvflare_gia.defenses._checks import check_int, check_number, check_seed, look_up_option
 from nvflare_gia.defenses._noise import context_round
-from nvflare_gia.defenses._replay import build_shadow, check_step_counts, context_tensors, last_module_of, replay_update, torch_threads
+from nvflare_gia.defenses._replay import build_shadow, check_step_counts, context_tensors, last_module_of, replay_update
 from nvflare_gia.defenses._update import copy_value, is_perturbable, restore_like, squared_norm_float64, to_tensor, validate_update
 from nvflare_gia.defenses.base import Defense, DefenseContext, DefenseOutcome
 from nvflare_gia.errors import ConfigError, DataError
+from nvflare_gia.threads import torch_threads
 
 __all__ = ["SaliencyMethod", "ShadowModelConfig", "ShadowModelDefense", "compute_saliency", "saliency_mask"]
 

@@ -1,24 +1,55 @@
-"""``bench attack`` on data too small for its plan: refused before any attack runs."""
+"""``bench attack``: data too small for its plan and a bad thread count are refused before any attack runs;
+the attacks and the timed training steps run on the requested threads."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from nvflare_gia.bench import attack_bench
-from nvflare_gia.errors import DataError
+from nvflare_gia.errors import ConfigError, DataError
+
+
+def _write_data(path, count: int) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(path, **{
+        f"{split}_{kind}": value
+        for split in ("train", "val", "test")
+        for kind, value in (("images", rng.integers(0, 256, (count, 16, 16), dtype=np.uint8)), ("labels", np.arange(count) % 2))
+    })
 
 
 def test_attack_benchmark_refuses_too_few_images_before_attacking(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
     data = tmp_path / "two.npz"
-    np.savez(data, **{
-        f"{split}_{kind}": value
-        for split in ("train", "val", "test")
-        for kind, value in (("images", rng.integers(0, 256, (2, 16, 16), dtype=np.uint8)), ("labels", np.array([0, 1])))
-    })
+    _write_data(data, 2)
     attacked = []
     monkeypatch.setattr(attack_bench, "_one_run", lambda *args, **kwargs: attacked.append(args) or pytest.fail("attacked"))
     with pytest.raises(DataError, match=r"2 training images, fewer than batch 4"):
         attack_bench.run_attack_benchmark(quick=True, data=str(data), json_path=str(tmp_path / "x.json"), seconds=1.0, device="cpu")
     assert attacked == []
+
+
+@pytest.mark.parametrize("threads", [0, 1.5, True, "2"])
+def test_attack_benchmark_refuses_a_bad_thread_count(tmp_path, threads):
+    with pytest.raises(ConfigError, match=r"threads must be an integer >= 1"):
+        attack_bench.run_attack_benchmark(quick=True, data=None, json_path=str(tmp_path / "x.json"), threads=threads)
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_attack_benchmark_times_and_attacks_on_the_requested_threads_and_restores_them(tmp_path, monkeypatch):
+    data = tmp_path / "four.npz"
+    _write_data(data, 4)
+    seen = []
+
+    def fake_run(model_name, images, labels, *args):
+        seen.append(torch.get_num_threads())
+        return dict.fromkeys(("ssim", "prior_ssim", "rdlv", "psnr", "label_accuracy", "matching_loss", "truth_matching_loss",
+                              "ms_per_iteration", "ms_per_train_step"), 0.0) | {"iterations": 0}
+
+    monkeypatch.setattr(attack_bench, "_one_run", fake_run)
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    result = attack_bench.run_attack_benchmark(quick=True, data=str(data), json_path=str(tmp_path / "x.json"), device="cpu", threads=wanted)
+    assert seen == [wanted] * 5 and result["protocol"]["threads"] == wanted
+    assert torch.get_num_threads() == before
