@@ -23,6 +23,13 @@ audit at RDLV −0.43 while the server's attack on the same update then reached 
 (the undefended update: 0.40). Requiring two independent passes makes such a false pass rarer at the
 cost of one more audit on the rung that is chosen.
 
+**Lower bounds**: with ``block_lower_bound`` (the default, as for the gate) a rung whose audits
+pass but one of them is only a lower bound (:attr:`nvflare_gia.defenses.self_audit.SelfAuditResult.lower_bound`:
+the true images fit the defended update at least twice as well as the audit's reconstruction, so
+the attack stopped short of what the update gives away) does not pass: the search goes on to a
+stronger rung, whose noise the truth no longer fits. The truth is scored in the client's own
+batches (:func:`nvflare_gia.defenses.self_audit.client_batch_order`).
+
 **Search: a geometric ladder, weakest first** — strengths ``min_strength · ladder_factor^k``
 (the last rung is ``max_strength`` itself), tried in increasing order, stopping at the first one
 that meets the target. Why a ladder and not a bisection in log space: the audited leakage is not
@@ -66,9 +73,11 @@ from nvflare_gia.defenses._update import validate_update
 from nvflare_gia.defenses.base import Defense, DefenseContext, DefenseOutcome
 from nvflare_gia.defenses.self_audit import (
     AuditStatus,
+    LeakageGateConfig,
     SelfAuditConfig,
     audits_with_confirmations,
     check_audit_options,
+    client_batch_order,
     run_with_confirmations,
     threat_from_context,
 )
@@ -160,6 +169,8 @@ class CalibratedDefenseConfig:
         ladder_factor: ratio between consecutive strengths (> 1).
         confirmations: further audits, with attack seeds ``attack_seed + 1, ...``, that a passing
             rung must also pass (>= 0; 0 = one audit per rung). See the module docstring.
+        block_lower_bound: a rung does not pass when one of its audits is only a lower bound (see
+            the module docstring and :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`).
         total_seconds: wall-clock budget of the search per update (> 0; None = unbounded): no new
             try starts after it; a try that has started runs with its full attack budget (a
             shortened attack would be weaker and pass more easily), so a call can take up to
@@ -192,6 +203,7 @@ class CalibratedDefenseConfig:
     max_strength: float | None = None
     ladder_factor: float = 2.0
     confirmations: int = 1
+    block_lower_bound: bool = LeakageGateConfig.block_lower_bound
     total_seconds: float | None = 600.0
     max_images: int = SelfAuditConfig.max_images
     max_seconds: float | None = SelfAuditConfig.max_seconds
@@ -229,6 +241,8 @@ class CalibratedDefenseConfig:
             )
         object.__setattr__(self, "ladder_factor", check_number(owner, "ladder_factor", self.ladder_factor, low=1.0, low_open=True))
         object.__setattr__(self, "confirmations", check_int(owner, "confirmations", self.confirmations, minimum=0))
+        if not isinstance(self.block_lower_bound, bool):
+            raise TypeError(f"{owner}: block_lower_bound must be a bool, got {self.block_lower_bound!r}.")
         if self.total_seconds is not None:
             object.__setattr__(self, "total_seconds", check_number(owner, "total_seconds", self.total_seconds, low=0.0, low_open=True))
         object.__setattr__(self, "seed", check_seed(owner, self.seed))
@@ -313,8 +327,9 @@ class CalibratedDefense(Defense):
             The :class:`DefenseOutcome` of the chosen rung; ``params`` holds the wrapped
             defense's params, ``strength`` and, under :data:`CALIBRATION_PARAM`, the record:
             ``status``, ``defense``, ``strength_name``, ``strength``, ``metric``, ``prior``, ``target``,
-            ``value``, ``tries`` (strength, value = the largest of its ``audits``, seconds of
-            each), ``num_tries``, ``seconds``, and ``reason`` when skipped.
+            ``value``, ``tries`` (strength, value = the largest of its ``audits``, ``lower_bound``
+            when any of them was one, seconds of each), ``num_tries``, ``seconds``, and ``reason``
+            when skipped.
 
         Raises:
             TypeError: for a wrong argument type.
@@ -350,6 +365,7 @@ class CalibratedDefense(Defense):
             )
             return self._outcome(outcome, strengths[0], record, started)
         images, labels = np.asarray(context.images), np.asarray(context.labels)
+        batch_order = client_batch_order(context)
         for strength in strengths:
             left = None if deadline is None else deadline - time.perf_counter()
             if left is not None and left <= 0:
@@ -363,13 +379,20 @@ class CalibratedDefense(Defense):
             # Every audit gets its full attack budget: an attack cut short by the search budget would
             # be weaker and pass more easily, i.e. fail open. Confirmations run only while all pass.
             results = run_with_confirmations(
-                self._audits, threshold, global_state, outcome.update, threat, images, labels, context.val_images
+                self._audits, threshold, global_state, outcome.update, threat, images, labels, context.val_images, batch_order,
+                block_lower_bound=cfg.block_lower_bound,
             )
             values = [float(result.value) for result in results]
             value = max(values)
-            record["tries"].append({"strength": strength, "value": value, "audits": values, "seconds": time.perf_counter() - try_started})
-            logger.info("%s: %s=%.4g gives %s=%s (needed <= %.4f)", owner, self._field, strength, cfg.metric, [round(v, 4) for v in values], threshold)
-            if value <= threshold:
+            lower_bound = any(result.lower_bound for result in results)
+            record["tries"].append(
+                {"strength": strength, "value": value, "audits": values, "lower_bound": lower_bound, "seconds": time.perf_counter() - try_started}
+            )
+            logger.info(
+                "%s: %s=%.4g gives %s=%s%s (needed <= %.4f)", owner, self._field, strength, cfg.metric, [round(v, 4) for v in values],
+                ", a lower bound" if lower_bound else "", threshold,
+            )
+            if value <= threshold and not (cfg.block_lower_bound and lower_bound):
                 record.update(status=AuditStatus.AUDITED.value, strength=strength, value=value, num_tries=len(record["tries"]))
                 return self._outcome(outcome, strength, record, started)
         raise CalibrationError(
@@ -387,4 +410,4 @@ class CalibratedDefense(Defense):
 def _tries_text(tries: list[dict[str, Any]]) -> str:
     if not tries:
         return "no audit ran"
-    return ", ".join(f"{t['strength']:.4g} -> {t['value']:.4f}" for t in tries)
+    return ", ".join(f"{t['strength']:.4g} -> {t['value']:.4f}" + (" (a lower bound)" if t["lower_bound"] else "") for t in tries)

@@ -51,7 +51,7 @@ from nvflare_gia.defenses._checks import check_int, check_number, look_up_option
 from nvflare_gia.defenses._update import COUNTER_SUFFIX
 from nvflare_gia.defenses.base import DefenseContext
 from nvflare_gia.errors import DataError
-from nvflare_gia.training import num_local_steps
+from nvflare_gia.training import epoch_orders, num_local_steps
 
 __all__ = [
     "AuditStatus",
@@ -62,6 +62,7 @@ __all__ = [
     "LeakageGateConfig",
     "LeakageGate",
     "threat_from_context",
+    "client_batch_order",
     "check_audit_options",
     "audits_with_confirmations",
     "run_with_confirmations",
@@ -251,6 +252,21 @@ def threat_from_context(context: DefenseContext) -> ThreatModel:
     )
 
 
+def client_batch_order(context: DefenseContext) -> np.ndarray:
+    """The order in which the client's first epoch visits its images, drawn as
+    :func:`nvflare_gia.training.train_local` draws it (the context's training seed and round).
+
+    The audit scores the true images' matching loss in this order (see :meth:`SelfAudit.run`); the
+    attack never sees it. A client that shuffles some other way gets the truth scored in the wrong
+    batches, which raises its loss and so flags fewer lower bounds.
+
+    Raises:
+        DataError: if the context lacks the client's data or training configuration.
+    """
+    context.require_data("client_batch_order")
+    return epoch_orders(len(context.images), context.training, context.round_index or 0)[0].numpy()
+
+
 def _check_local_steps(update: Mapping[str, Any], threat: ThreatModel) -> None:
     """The update's BatchNorm step counters must equal the steps the threat model's round takes.
 
@@ -402,9 +418,10 @@ def run_with_confirmations(
     labels: Any,
     val_images: Any = None,
     batch_order: Any = None,
+    block_lower_bound: bool = False,
 ) -> list[SelfAuditResult]:
     """Run ``audits[0]``, then each further audit (a confirmation) while every value so far is at
-    or under ``threshold``.
+    or under ``threshold`` (and, with ``block_lower_bound``, none is a lower bound).
 
     One short audit can pass an update that a longer attack, or the same attack from another seed,
     still inverts (on PneumoniaMNIST one passed at RDLV -0.43 where the server reached +2.5), so a
@@ -414,6 +431,8 @@ def run_with_confirmations(
         audits: the first audit and its confirmations (usually the same budget, other attack seeds).
         threshold: the largest value that passes.
         global_state, update, threat, images, labels, val_images, batch_order: see :meth:`SelfAudit.run`.
+        block_lower_bound: a result that is a lower bound (:attr:`SelfAuditResult.lower_bound`)
+            fails too, so no confirmation is run after it.
 
     Returns:
         The results in order: all of them when every value passes, else up to the first that fails.
@@ -423,8 +442,9 @@ def run_with_confirmations(
     """
     results: list[SelfAuditResult] = []
     for audit in audits:
-        results.append(audit.run(global_state, update, threat, images, labels, val_images, batch_order))
-        if results[-1].value is None or results[-1].value > threshold:
+        result = audit.run(global_state, update, threat, images, labels, val_images, batch_order)
+        results.append(result)
+        if result.value is None or result.value > threshold or (block_lower_bound and result.lower_bound):
             break
     return results
 
@@ -549,7 +569,8 @@ class LeakageGate:
             DataError, TypeError: when the audit cannot run (see :meth:`SelfAudit.run`).
         """
         results = run_with_confirmations(
-            self._audits, self.config.threshold, global_state, update, threat, images, labels, val_images, batch_order
+            self._audits, self.config.threshold, global_state, update, threat, images, labels, val_images, batch_order,
+            block_lower_bound=self.config.block_lower_bound,
         )
         return self._decide(results, round_index)
 

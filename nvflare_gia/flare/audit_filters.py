@@ -47,10 +47,9 @@ from nvflare_gia.attack import ThreatModel
 from nvflare_gia.defenses._update import validate_update
 from nvflare_gia.defenses.base import Defense
 from nvflare_gia.defenses.calibrated import CALIBRATION_PARAM, CalibratedDefense, CalibratedDefenseConfig
-from nvflare_gia.defenses.self_audit import LeakageGate, LeakageGateConfig
+from nvflare_gia.defenses.self_audit import LeakageGate, LeakageGateConfig, client_batch_order
 from nvflare_gia.errors import DataError
 from nvflare_gia.flare.client_train import DEFAULT_DATA_SPEC_FILE
-from nvflare_gia.training import epoch_orders
 from nvflare_gia.flare.filters import (
     GIA_DEFENSE_META_KEY,
     DefenseFilter,
@@ -173,10 +172,9 @@ class LeakageGateFilter(DefenseFilter):
             update = {k: _subtract(v, global_state[k]) for k, v in data.items()} if dxo.data_kind == DataKind.WEIGHTS else data
             context = self._context(dxo, shareable, fl_ctx)  # the site's own data, checked against the meta
             threat = ThreatModel.from_meta(dxo.meta or {})
-            batch_order = epoch_orders(len(context.images), context.training, context.round_index or 0)[0].numpy()
             record = self._gate.audit(
                 global_state, update, threat, context.images, context.labels, round_index=round_index,
-                val_images=context.val_images, batch_order=batch_order,
+                val_images=context.val_images, batch_order=client_batch_order(context),
             )
         record["seconds"] = float(time.perf_counter() - started)
         dxo.set_meta_prop(GIA_GATE_META_KEY, record)
@@ -213,6 +211,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         max_strength: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         ladder_factor: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         confirmations: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
+        block_lower_bound: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         total_seconds: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         max_images: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         max_seconds: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
@@ -243,6 +242,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         max_strength: float | None = CalibratedDefenseConfig.max_strength,
         ladder_factor: float = CalibratedDefenseConfig.ladder_factor,
         confirmations: int = CalibratedDefenseConfig.confirmations,
+        block_lower_bound: bool = CalibratedDefenseConfig.block_lower_bound,
         total_seconds: float | None = CalibratedDefenseConfig.total_seconds,
         max_images: int = CalibratedDefenseConfig.max_images,
         max_seconds: float | None = CalibratedDefenseConfig.max_seconds,
@@ -263,6 +263,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         self.max_strength = max_strength
         self.ladder_factor = ladder_factor
         self.confirmations = confirmations
+        self.block_lower_bound = block_lower_bound
         self.total_seconds = total_seconds
         self.max_images = max_images
         self.max_seconds = max_seconds
@@ -281,7 +282,7 @@ class CalibratedDefenseFilter(DefenseFilter):
             CalibratedDefenseConfig(
                 defense=self.defense, target=self.target, margin=self.margin, metric=self.metric, min_strength=self.min_strength,
                 max_strength=self.max_strength, ladder_factor=self.ladder_factor, confirmations=self.confirmations,
-                total_seconds=self.total_seconds,
+                block_lower_bound=self.block_lower_bound, total_seconds=self.total_seconds,
                 max_images=self.max_images, max_seconds=self.max_seconds, max_iterations=self.max_iterations,
                 restarts=self.restarts, attack_seed=self.attack_seed, device=self.device, num_threads=self.num_threads,
                 prior=self.prior, seed=self.seed,

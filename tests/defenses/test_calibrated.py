@@ -82,7 +82,7 @@ def test_self_audit_with_a_validation_prior_fails_without_valid_val_images(high_
 
 def test_calibrated_defense_audits_with_the_contexts_validation_images(high_risk_case, cxr_val_32):
     case = high_risk_case
-    config = CalibratedDefenseConfig(target=10.0, seed=0, prior="val_mean", **SHORT)
+    config = CalibratedDefenseConfig(target=10.0, seed=0, prior="val_mean", block_lower_bound=False, **SHORT)
     with pytest.raises(DataError, match="needs val_images"):  # fails closed: no update without its audit
         CalibratedDefense(config).apply(case.update, global_state=case.global_state, context=case.context())
     context = dataclasses.replace(case.context(), val_images=cxr_val_32)
@@ -171,7 +171,7 @@ def test_gate_blocks_when_a_confirmation_fails_although_the_first_audit_passed(h
 
 def test_calibrated_defense_sends_the_update_it_audited(high_risk_case):
     case = high_risk_case
-    config = CalibratedDefenseConfig(target=10.0, seed=0, **SHORT)
+    config = CalibratedDefenseConfig(target=10.0, seed=0, block_lower_bound=False, **SHORT)
     outcome = CalibratedDefense(config).apply(case.update, global_state=case.global_state, context=case.context())
     calibration = outcome.params["gia_calibration"]
     assert calibration["status"] == "audited" and calibration["num_tries"] == 1 and calibration["strength"] == 0.1
@@ -243,13 +243,17 @@ def test_calibrated_config_rejects_an_empty_strength_range():
 
 
 class _FixedAudit:
-    """Stands in for ``SelfAudit``: returns preset values in turn (tests the ladder, not the attack)."""
+    """Stands in for ``SelfAudit``: returns preset values in turn (tests the ladder, not the attack);
+    a value given as the string ``"<v> lb"`` is a lower bound."""
 
     def __init__(self, values):
         self.values = list(values)
 
     def run(self, *args):
-        return SimpleNamespace(value=self.values.pop(0))
+        value = self.values.pop(0)
+        if isinstance(value, str):
+            return SimpleNamespace(value=float(value.split()[0]), lower_bound=True)
+        return SimpleNamespace(value=value, lower_bound=False)
 
 
 @pytest.mark.parametrize(
@@ -258,6 +262,8 @@ class _FixedAudit:
         (1, [-0.5, -0.3], [0.2, -0.1], 0.2, [[-0.5, 0.2], [-0.3, -0.1]]),  # rung 0.1 passes once, fails its confirmation: the ladder climbs
         (1, [0.4, -0.5], [-0.6], 0.2, [[0.4], [-0.5, -0.6]]),  # a failed first audit is not confirmed
         (0, [-0.5], [], 0.1, [[-0.5]]),  # no confirmation: the first pass is taken
+        (1, ["-0.5 lb", -0.4], [-0.3], 0.2, [[-0.5], [-0.4, -0.3]]),  # a lower bound does not pass and is not confirmed
+        (1, [-0.5, -0.4], ["-0.3 lb", -0.2], 0.2, [[-0.5, -0.3], [-0.4, -0.2]]),  # nor does a confirmation that is one
     ],
 )
 def test_a_passing_rung_must_also_pass_its_confirmations(high_risk_case, confirmations, first, confirming, strength, audits):
@@ -269,6 +275,23 @@ def test_a_passing_rung_must_also_pass_its_confirmations(high_risk_case, confirm
     assert calibration["strength"] == strength
     assert [t["audits"] for t in calibration["tries"]] == audits
     assert calibration["value"] == max(audits[-1])
+
+
+def test_calibrated_defense_climbs_past_a_rung_whose_audit_is_only_a_lower_bound(high_risk_case):
+    """At the weakest Gaussian rung the short attack fails while the truth still fits the update:
+    every value passes a target of 10, but only a rung whose noise the truth no longer fits is sent."""
+    case = high_risk_case
+    shared = {"target": 10.0, "min_strength": 0.1, "max_strength": 100.0, "ladder_factor": 10.0, "confirmations": 0, "seed": 0, **SHORT}
+    strict = CalibratedDefense(CalibratedDefenseConfig(**shared)).apply(case.update, global_state=case.global_state, context=case.context())
+    lenient = CalibratedDefense(CalibratedDefenseConfig(block_lower_bound=False, **shared)).apply(
+        case.update, global_state=case.global_state, context=case.context()
+    )
+    tries = strict.params["gia_calibration"]["tries"]
+    assert lenient.params["strength"] == 0.1 and lenient.params["gia_calibration"]["tries"][0]["lower_bound"] is True
+    assert len(tries) >= 2 and all(t["lower_bound"] for t in tries[:-1]) and tries[-1]["lower_bound"] is False
+    assert strict.params["strength"] == tries[-1]["strength"] > 0.1
+    with pytest.raises(TypeError, match="block_lower_bound must be a bool, got 'yes'"):
+        CalibratedDefenseConfig(block_lower_bound="yes")
 
 
 @pytest.mark.parametrize("confirmations", [-1, 1.5, True])

@@ -90,6 +90,7 @@ FILTER_ROWS = [
     *_rows(CalibratedDefenseFilter, "max_strength", [0, -1.0, NAN, INF, "100", True, 0.1, 0.05]),
     *_rows(CalibratedDefenseFilter, "ladder_factor", [1, 1.0, 0.5, 0, NAN, INF, "2", None, True]),
     *_rows(CalibratedDefenseFilter, "confirmations", [-1, 1.5, True, "1", None]),
+    *_rows(CalibratedDefenseFilter, "block_lower_bound", [1, 0, "yes", None]),
     *_rows(CalibratedDefenseFilter, "total_seconds", BAD_AUDIT_SECONDS),
     *_rows(CalibratedDefenseFilter, "max_images", [0, -1, 8.0, True, "32", None]),
     *_rows(CalibratedDefenseFilter, "max_seconds", BAD_AUDIT_SECONDS),
