@@ -33,12 +33,8 @@ optional prior image that is not from the attacked client, and optional public c
 (e.g. a validation split). For a one-image update the candidates whose simulated updates fit the
 observed one best give the prior: the update picks public images like the client's (on the NIH
 tuning images the mean of the best 10 beat the validation mean on 16 of 16 images, SSIM 0.575
-against 0.505). For several images the attack runs from noise without a prior, and then replaces
-each reconstructed image by the mean of the public candidates that look most like it (on six NIH
-tuning batches of 4 the per-image means of the nearest 40 beat the validation mean on every batch,
-SSIM +0.006 to +0.054, where the attack from the validation mean scored -0.008 to +0.015 and
-started from the retrieved means lowered them again; ``docs/benchmarks.md``). The attack is pulled
-toward a given prior (``prior_weight``), never toward the flat default.
+against 0.505). The attack is pulled toward a given prior (``prior_weight``), never toward the
+flat default.
 """
 
 from __future__ import annotations
@@ -56,7 +52,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
@@ -103,11 +98,6 @@ logger = logging.getLogger(__name__)
 #: the client-side self-audit both skip clients with more. The attack optimises one dummy image per
 #: local image, so its cost grows with the local dataset, and large local datasets leak least.
 DEFAULT_MAX_IMAGES = 32
-
-#: Gaussian blur (pixels) of the reconstructions and the candidates before their correlation is
-#: measured for the retrieval of several images: their coarse layouts are compared, not the
-#: reconstructions' pixel noise (1, 2 and 4 px ranked alike on the tuning batches).
-NEIGHBOUR_BLUR_PX = 2.0
 
 #: What a server may give the attack as prior knowledge, by name: ``flat`` (gray 0.5),
 #: ``val_mean`` (the mean image of a validation split) and ``val_retrieval`` (that mean, and the
@@ -222,12 +212,11 @@ class AttackConfig:
         prior_weight: weight of the squared distance to the prior image (>= 0). Applied only when
             :meth:`GradientInversionAttack.reconstruct` is given a prior or retrieves one from
             candidates: the default flat gray image says nothing of the content, so nothing is
-            pulled toward it. Not applied when several images are retrieved from candidates.
+            pulled toward it.
         label_strategy: ``auto``, ``analytic`` or ``soft`` (see
             :class:`nvflare_gia.attack.labels.LabelStrategy`).
         parametrization: ``sigmoid``, ``clamp`` or ``penalty`` (see :class:`Parametrization`).
-        init: ``noise`` or ``prior`` (see :class:`InitName`); with candidate images and several
-            attacked images the attack always starts from noise.
+        init: ``noise`` or ``prior`` (see :class:`InitName`).
         max_iterations: optimisation steps per restart (>= 1).
         max_seconds: wall-clock budget of one :meth:`GradientInversionAttack.reconstruct` call,
             shared equally by the restarts; ``None`` for no time limit (then the result is
@@ -253,9 +242,6 @@ class AttackConfig:
             (>= 1; see :meth:`GradientInversionAttack.reconstruct`).
         retrieval_share: largest share of ``max_seconds`` the ranking of the candidates may take
             (in (0, 1]); candidates not ranked by then are left out, and the stats say how many.
-        retrieval_neighbours: with candidate images and several attacked images, each
-            reconstruction is replaced by the mean of this many candidates nearest to it (>= 1; see
-            :meth:`GradientInversionAttack.reconstruct`).
         seed: seed of the initialisations (each restart gets its own stream).
         device: ``auto``, ``cpu`` or ``cuda``.
         log_every: seconds between progress log lines (> 0).
@@ -291,7 +277,6 @@ class AttackConfig:
     scale_fractions: tuple[float, ...] = (0.3, 0.3, 0.4)
     retrieval_k: int = 10
     retrieval_share: float = 0.25
-    retrieval_neighbours: int = 40
     seed: int = 0
     device: str = DeviceName.AUTO.value
     log_every: float = 10.0
@@ -317,7 +302,7 @@ class AttackConfig:
         _check_number(owner, "lr_decay", self.lr_decay, low=0.0, high=1.0)
         _check_number(owner, "log_every", self.log_every, low=0.0, low_open=True)
         _check_number(owner, "retrieval_share", self.retrieval_share, low=0.0, high=1.0, low_open=True)
-        for name in ("max_iterations", "restarts", "min_restart_iterations", "retrieval_k", "retrieval_neighbours"):
+        for name in ("max_iterations", "restarts", "min_restart_iterations", "retrieval_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{owner}: {name} must be an integer >= 1, got {value!r}.")
@@ -561,16 +546,12 @@ class GradientInversionAttack:
                 validation split). With one attacked image, each candidate's simulated update is
                 scored by the objective against the observed one, and the mean of the
                 ``retrieval_k`` best replaces ``prior``: the update picks the public images that
-                resemble the client's. With several images (where ranking each candidate's own
-                update measured no gain) the attack runs from noise without the prior pull, so that
-                what it finds comes from the update alone, and each reconstruction is then replaced
-                by the mean of the ``retrieval_neighbours`` candidates most correlated with it
-                after a blur of :data:`NEIGHBOUR_BLUR_PX` pixels (``prior`` still drives label counting).
+                resemble the client's. With several images they are not used (a per-image ranking
+                measured no gain; ``docs/benchmarks.md``).
 
         Returns:
-            The :class:`AttackResult`; with candidates, ``stats["retrieval"]`` holds how many were
-            ranked and the indices of the chosen ones (one list per image for several images) with
-            their objective values (one image) or correlations (several).
+            The :class:`AttackResult`; with candidates ranked, ``stats["retrieval"]`` holds how
+            many were ranked and the indices and objective values of the chosen ones.
 
         Raises:
             TypeError: if ``threat`` is not a :class:`ThreatModel` or a state is not a mapping.
@@ -674,13 +655,14 @@ class GradientInversionAttack:
         shape = (threat.num_images, threat.in_channels, threat.image_size, threat.image_size)
         deadline = None if cfg.max_seconds is None else started + float(cfg.max_seconds)
         retrieval = None
-        by_neighbours = candidate_tensor is not None and threat.num_images > 1
-        if candidate_tensor is not None and not by_neighbours:
-            problem.prior, retrieval = self._retrieve_prior(problem, candidate_tensor, started)
+        if candidate_tensor is not None:
+            if threat.num_images == 1:
+                problem.prior, retrieval = self._retrieve_prior(problem, candidate_tensor, started)
+            else:
+                logger.info("%d candidate images not used: retrieval ranks candidates for one attacked image only", len(candidate_tensor))
         simulator, target = problem.simulator, problem.target
         recovered_dev, label_info, prior_dev, device = problem.recovered, problem.label_info, problem.prior, problem.device
-        init = InitName.NOISE.value if by_neighbours else cfg.init
-        prior_weight = cfg.prior_weight if (prior is not None or retrieval is not None) and not by_neighbours else 0.0
+        prior_weight = cfg.prior_weight if prior is not None or retrieval is not None else 0.0
         outcomes: list[_RestartOutcome] = []
         iterations = 0
         optimise_seconds = 0.0
@@ -701,15 +683,13 @@ class GradientInversionAttack:
                 break
             restart_deadline = None if deadline is None else now + (deadline - now) / (planned - restart)
             outcome = self._run_restart(
-                restart, shape, simulator, target, recovered_dev, label_info, prior_dev, prior_weight, init, restart_deadline, device
+                restart, shape, simulator, target, recovered_dev, label_info, prior_dev, prior_weight, restart_deadline, device
             )
             optimise_seconds += time.perf_counter() - now
             iterations += outcome.iterations
             outcomes.append(outcome)
         best_restart = int(np.argmin([o.loss for o in outcomes]))
         images, soft, combined = self._combine(outcomes, best_restart, label_info)
-        if by_neighbours:
-            images, retrieval = self._nearest_candidates(images, candidate_tensor)
         # The no-ground-truth residuals describe the best restart, i.e. how well some images explain
         # the update; a consensus mean is a better estimate of the images but explains it less well.
         best = outcomes[best_restart]
@@ -781,28 +761,6 @@ class GradientInversionAttack:
         prior = candidates[torch.as_tensor(chosen)].mean(dim=0, keepdim=True).to(device)
         info = {"ranked": len(scores), "indices": chosen.tolist(), "objective": [scores[i] for i in chosen]}
         return prior, info
-
-    def _nearest_candidates(self, images: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Each image replaced by the mean of the ``retrieval_neighbours`` candidates whose blurred
-        versions correlate best with its own (Pearson correlation over all pixels)."""
-        count = min(self.config.retrieval_neighbours, len(candidates))
-
-        def unit_rows(x: torch.Tensor) -> np.ndarray:
-            blurred = gaussian_filter(x.detach().cpu().double().numpy(), sigma=(0, 0, NEIGHBOUR_BLUR_PX, NEIGHBOUR_BLUR_PX))
-            rows = blurred.reshape(len(blurred), -1)
-            rows = rows - rows.mean(axis=1, keepdims=True)
-            return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-        correlation = unit_rows(images) @ unit_rows(candidates).T
-        nearest = np.argsort(-correlation, axis=1, kind="stable")[:, :count]
-        retrieved = candidates[torch.as_tensor(nearest)].mean(dim=1).to(images.device)
-        chosen = np.take_along_axis(correlation, nearest, axis=1)
-        logger.info(
-            "retrieval: each of %d reconstructions replaced by the mean of its %d nearest of %d candidates (correlation %.3f to %.3f)",
-            len(images), count, len(candidates), float(chosen.min()), float(chosen.max()),
-        )
-        info = {"ranked": len(candidates), "indices": nearest.tolist(), "correlation": chosen.tolist()}
-        return retrieved, info
 
     @staticmethod
     def _check_step_count(update: Mapping[str, torch.Tensor], threat: ThreatModel) -> None:
@@ -909,9 +867,10 @@ class GradientInversionAttack:
             x = torch.logit(x.clamp(0.01, 0.99))
         return x.clone().requires_grad_(True)
 
-    def _initial_images(self, restart: int, shape: tuple[int, ...], prior: torch.Tensor, init: str) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(int(self.config.seed) * 1_000_003 + restart)
-        if init == InitName.PRIOR.value:
+    def _initial_images(self, restart: int, shape: tuple[int, ...], prior: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + restart)
+        if cfg.init == InitName.PRIOR.value:
             x = prior.detach().cpu().expand(shape) + 0.1 * torch.randn(shape, generator=generator)
         else:
             x = torch.rand(shape, generator=generator)
@@ -930,7 +889,6 @@ class GradientInversionAttack:
         label_info: LabelRecovery,
         prior: torch.Tensor,
         prior_weight: float,
-        init: str,
         deadline: float | None,
         device: torch.device,
     ) -> _RestartOutcome:
@@ -946,7 +904,7 @@ class GradientInversionAttack:
         sides = self._stage_sides(size)
         bounds = np.cumsum(cfg.scale_fractions)
         bounds[-1] = 1.0
-        images = self._initial_images(restart, shape, prior, init).to(device)
+        images = self._initial_images(restart, shape, prior).to(device)
         stage = 0
         z = self._to_variables(images, sides[0])
         soft = None

@@ -78,8 +78,7 @@ class GradientInversionWidget(Widget):
         prior: ``flat`` (gray 0.5), ``val_mean`` (mean image of the data spec's validation split,
             which is not any site's training data; the attack starts from it) or ``val_retrieval``
             (the validation images are the attack's candidates: for a one-image update the mean of
-            those whose updates fit it best is the prior; for several images each reconstruction
-            from noise is replaced by the mean of the validation images nearest to it; RDLV is
+            those whose updates fit it best is the prior, otherwise the validation mean; RDLV is
             still measured against the validation mean).
         audit: score reconstructions against each client's true training images, read through the
             job's data spec (``data_spec_file``): simulator and POC on one machine only.

@@ -79,12 +79,11 @@ def test_widget_writes_metrics_and_images_for_each_selected_client_and_round(aud
             assert np.isfinite(record[key]), key
         with np.load(record["files"]["npz"]) as saved:
             assert saved["reconstruction"].shape == saved["truth"].shape == (record["num_images"], 1, 64, 64)
-        # prior="val_retrieval": the one-image site's prior is drawn from the validation split (ranked
-        # within a time share); the 8-image site's reconstructions are compared with all of it
+        # prior="val_retrieval": the one-image site's prior is drawn from the validation split
         if record["num_images"] == 1:
             assert AttackConfig.retrieval_k <= record["gia/retrieval_ranked"] <= 200  # the NIH val split
         else:
-            assert record["gia/retrieval_ranked"] == 200
+            assert "gia/retrieval_ranked" not in record
         with Image.open(record["files"]["png"]) as grid:
             assert grid.format == "PNG" and grid.size[1] > 2 * 64
 
