@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from nvflare_gia.defenses._checks import check_int, check_number, check_seed, look_up_option
+from nvflare_gia.defenses._checks import check_bool, check_int, check_number, check_seed, look_up_option
 from nvflare_gia.defenses._noise import context_round
 from nvflare_gia.defenses._update import validate_update
 from nvflare_gia.defenses.base import Defense, DefenseContext, DefenseOutcome
@@ -241,8 +241,7 @@ class CalibratedDefenseConfig:
             )
         object.__setattr__(self, "ladder_factor", check_number(owner, "ladder_factor", self.ladder_factor, low=1.0, low_open=True))
         object.__setattr__(self, "confirmations", check_int(owner, "confirmations", self.confirmations, minimum=0))
-        if not isinstance(self.block_lower_bound, bool):
-            raise TypeError(f"{owner}: block_lower_bound must be a bool, got {self.block_lower_bound!r}.")
+        object.__setattr__(self, "block_lower_bound", check_bool(owner, "block_lower_bound", self.block_lower_bound))
         if self.total_seconds is not None:
             object.__setattr__(self, "total_seconds", check_number(owner, "total_seconds", self.total_seconds, low=0.0, low_open=True))
         object.__setattr__(self, "seed", check_seed(owner, self.seed))

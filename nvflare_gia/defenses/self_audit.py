@@ -47,7 +47,7 @@ from nvflare_gia.attack import (
     prior_from_validation,
 )
 from nvflare_gia.audit import score_reconstruction, stopped_short
-from nvflare_gia.defenses._checks import check_int, check_number, look_up_option
+from nvflare_gia.defenses._checks import check_bool, check_int, check_number, look_up_option
 from nvflare_gia.defenses._update import COUNTER_SUFFIX
 from nvflare_gia.defenses.base import DefenseContext
 from nvflare_gia.errors import DataError
@@ -500,8 +500,7 @@ class LeakageGateConfig:
         object.__setattr__(self, "threshold", check_number(owner, "threshold", self.threshold, low=-math.inf))
         object.__setattr__(self, "every_n_rounds", check_int(owner, "every_n_rounds", self.every_n_rounds, minimum=1))
         object.__setattr__(self, "confirmations", check_int(owner, "confirmations", self.confirmations, minimum=0))
-        if not isinstance(self.block_lower_bound, bool):
-            raise TypeError(f"{owner}: block_lower_bound must be a bool, got {self.block_lower_bound!r}.")
+        object.__setattr__(self, "block_lower_bound", check_bool(owner, "block_lower_bound", self.block_lower_bound))
 
     def audit_config(self) -> SelfAuditConfig:
         """The :class:`SelfAuditConfig` of the first audit (confirmations: :func:`audits_with_confirmations`)."""
