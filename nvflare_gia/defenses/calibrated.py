@@ -75,6 +75,7 @@ from nvflare_gia.defenses.self_audit import (
     AuditStatus,
     LeakageGateConfig,
     SelfAuditConfig,
+    audit_passes,
     audits_with_confirmations,
     check_audit_options,
     client_batch_order,
@@ -391,7 +392,7 @@ class CalibratedDefense(Defense):
                 "%s: %s=%.4g gives %s=%s%s (needed <= %.4f)", owner, self._field, strength, cfg.metric, [round(v, 4) for v in values],
                 ", a lower bound" if lower_bound else "", threshold,
             )
-            if value <= threshold and not (cfg.block_lower_bound and lower_bound):
+            if audit_passes(value, lower_bound, threshold, cfg.block_lower_bound):
                 record.update(status=AuditStatus.AUDITED.value, strength=strength, value=value, num_tries=len(record["tries"]))
                 return self._outcome(outcome, strength, record, started)
         raise CalibrationError(

@@ -65,6 +65,7 @@ __all__ = [
     "client_batch_order",
     "check_audit_options",
     "audits_with_confirmations",
+    "audit_passes",
     "run_with_confirmations",
 ]
 
@@ -408,6 +409,22 @@ def audits_with_confirmations(first: SelfAuditConfig, confirmations: int) -> lis
     return [SelfAudit(dataclasses.replace(first, seed=first.seed + index)) for index in range(1 + confirmations)]
 
 
+def audit_passes(value: float | None, lower_bound: bool, threshold: float, block_lower_bound: bool) -> bool:
+    """The audit's pass rule, shared by the gate, its confirmations and the calibration.
+
+    Args:
+        value: the audited metric (the largest over confirmations); ``None`` when no audit scored.
+        lower_bound: whether any audit's value is only a lower bound (:attr:`SelfAuditResult.lower_bound`).
+        threshold: the largest value that passes.
+        block_lower_bound: whether a lower bound fails even when its value passes.
+
+    Returns:
+        ``True`` when the value is ``None`` or at most ``threshold``, and, with ``block_lower_bound``,
+        it is not a lower bound.
+    """
+    return (value is None or value <= threshold) and not (block_lower_bound and lower_bound)
+
+
 def run_with_confirmations(
     audits: Sequence[SelfAudit],
     threshold: float,
@@ -444,7 +461,7 @@ def run_with_confirmations(
     for audit in audits:
         result = audit.run(global_state, update, threat, images, labels, val_images, batch_order)
         results.append(result)
-        if result.value is None or result.value > threshold or (block_lower_bound and result.lower_bound):
+        if result.value is None or not audit_passes(result.value, result.lower_bound, threshold, block_lower_bound):
             break
     return results
 
@@ -587,7 +604,7 @@ class LeakageGate:
         values = [r.value for r in results if r.value is not None]
         worst = max(results, key=lambda r: -math.inf if r.value is None else r.value)
         lower_bound = any(r.lower_bound for r in results)
-        passed = (worst.value is None or worst.value <= self.config.threshold) and not (self.config.block_lower_bound and lower_bound)
+        passed = audit_passes(worst.value, lower_bound, self.config.threshold, self.config.block_lower_bound)
         record = {**worst.to_dict(), "lower_bound": lower_bound, "seconds": sum(r.seconds for r in results)}
         if values:
             record["audits"] = values

@@ -12,7 +12,7 @@ from skimage.metrics import structural_similarity
 from nvflare_gia.attack import ThreatModel
 from nvflare_gia.defenses.calibrated import CalibratedDefense, CalibratedDefenseConfig, CalibrationError
 from nvflare_gia.defenses.self_audit import (
-    LeakageGate, LeakageGateConfig, SelfAudit, SelfAuditConfig, audits_with_confirmations, threat_from_context,
+    LeakageGate, LeakageGateConfig, SelfAudit, SelfAuditConfig, audit_passes, audits_with_confirmations, threat_from_context,
 )
 from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.training import epoch_orders
@@ -137,6 +137,21 @@ def test_gate_blocks_an_update_whose_passing_audit_is_only_a_lower_bound(high_ri
         SelfAudit(SelfAuditConfig(**SHORT)).run(case.global_state, case.update, threat, case.images, case.labels, batch_order=[1])
     with pytest.raises(TypeError, match="block_lower_bound must be a bool, got 1"):
         LeakageGateConfig(block_lower_bound=1)
+
+
+@pytest.mark.parametrize(
+    "value, lower_bound, block_lower_bound, expected",
+    [
+        (0.0, False, True, True),  # at the threshold
+        (0.01, False, True, False),  # over it
+        (None, False, True, True),  # skipped: nothing scored
+        (-0.5, True, True, False),  # passes, but only a lower bound
+        (-0.5, True, False, True),  # ... which counts only with block_lower_bound
+        (0.01, True, False, False),
+    ],
+)
+def test_audit_passes_is_the_one_pass_rule(value, lower_bound, block_lower_bound, expected):
+    assert audit_passes(value, lower_bound, threshold=0.0, block_lower_bound=block_lower_bound) is expected
 
 
 def test_self_audit_scores_the_truth_in_the_clients_batches(small_site_case):
