@@ -50,6 +50,7 @@ from nvflare_gia.attack.regularizers import (
 from nvflare_gia.attack.simulate import (
     LocalTrainingSimulator,
     SimulationResult,
+    layers_beyond_stride,
     simulate_local_training,
 )
 from nvflare_gia.attack.threat_model import (
@@ -90,6 +91,7 @@ __all__ = [
     "counts_to_labels",
     "ema_step_weights",
     "find_classifier",
+    "layers_beyond_stride",
     "look_up_label_strategy",
     "look_up_objective",
     "look_up_regularizer",

@@ -70,7 +70,7 @@ from nvflare_gia.attack.regularizers import (
     range_penalty,
     total_variation,
 )
-from nvflare_gia.attack.simulate import LocalTrainingSimulator
+from nvflare_gia.attack.simulate import LocalTrainingSimulator, layers_beyond_stride
 from nvflare_gia.attack.threat_model import ThreatModel, bn_momenta
 from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.models import build_model
@@ -207,6 +207,14 @@ class AttackConfig:
         objective: update-matching objective, a key of
             :data:`nvflare_gia.attack.objectives.OBJECTIVES` (``l2``, ``cosine``, ``layer_cosine``).
         bn_weight: weight of the BatchNorm-statistics matching term (>= 0).
+        max_feature_stride: match the BatchNorm statistics and the parameter updates only of
+            layers whose output is downsampled from the input by at most this factor per side
+            (integer >= 1; height x width x stride^2 >= image_size^2); linear layers are always
+            matched. MONAI's ResNet-18 at 64 pixels has 20 BatchNorm layers down to 4x4; the
+            statistics of ``layer3`` and ``layer4`` (stride 8 and 16) outweighed the rest of the
+            loss and the attack ended below the flat prior; without them it beats it
+            (docs/benchmarks.md). ``SmallCNN``'s deepest layer is at stride 4 and is kept: dropping it
+            lost SSIM at 64 and at 28 pixels.
         tv_weight: weight of the total-variation prior (>= 0).
         range_weight: weight of the range penalty (>= 0; used by ``parametrization="penalty"``).
         prior_weight: weight of the squared distance to the prior image (>= 0). Applied only when
@@ -259,6 +267,7 @@ class AttackConfig:
 
     objective: str = "cosine"
     bn_weight: float = 1.0
+    max_feature_stride: int = 4
     tv_weight: float = 3.0
     range_weight: float = 1.0
     prior_weight: float = 3.0
@@ -302,7 +311,7 @@ class AttackConfig:
         _check_number(owner, "lr_decay", self.lr_decay, low=0.0, high=1.0)
         _check_number(owner, "log_every", self.log_every, low=0.0, low_open=True)
         _check_number(owner, "retrieval_share", self.retrieval_share, low=0.0, high=1.0, low_open=True)
-        for name in ("max_iterations", "restarts", "min_restart_iterations", "retrieval_k"):
+        for name in ("max_iterations", "restarts", "min_restart_iterations", "retrieval_k", "max_feature_stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{owner}: {name} must be an integer >= 1, got {value!r}.")
@@ -636,12 +645,16 @@ class GradientInversionAttack:
         )
         if label_info.labels is not None and len(threat.epoch_batch_sizes) > 1:
             label_info = dataclasses.replace(label_info, labels=spread_over_batches(label_info.labels, threat.epoch_batch_sizes))
-        simulator = LocalTrainingSimulator(model, threat, device=device)
-        names = simulator.param_names
+        deep = layers_beyond_stride(model, threat.in_channels, threat.image_size, self.config.max_feature_stride)
+        matched_params = [n for n, _ in model.named_parameters() if n.rpartition(".")[0] not in deep]
+        if deep:
+            outermost = sorted(n for n in deep if n.rpartition(".")[0] not in deep)
+            logger.info("matching skips the layers downsampled by more than %d: %s", self.config.max_feature_stride, outermost)
+        simulator = LocalTrainingSimulator(model, threat, device=device, matched_params=matched_params)
         return _Problem(
             simulator=simulator,
-            target=[update_tensors[n].to(device, torch.float32) for n in names],
-            recovered={k: BNStatistics(v.mean.to(device), v.var.to(device)) for k, v in recovered.items()},
+            target=[update_tensors[n].to(device, torch.float32) for n in simulator.matched_names],
+            recovered={k: BNStatistics(v.mean.to(device), v.var.to(device)) for k, v in recovered.items() if k not in deep},
             label_info=label_info,
             prior=prior_tensor.to(device),
             device=device,
@@ -751,7 +764,7 @@ class GradientInversionAttack:
                 logger.info("retrieval: time share spent after %d of %d candidates", index, len(candidates))
                 break
             sim = simulator.run(candidates[index : index + 1].to(device), labels, create_graph=False)
-            value = objective([sim.update[n] for n in simulator.param_names], problem.target)
+            value = objective([sim.update[n] for n in simulator.matched_names], problem.target)
             scores.append(float(value.detach()))
         chosen = np.argsort(np.asarray(scores), kind="stable")[: cfg.retrieval_k]
         logger.info(
@@ -805,7 +818,7 @@ class GradientInversionAttack:
         """Objective + bn_weight * BN matching on ``images``; also returns the simulated update's
         parameter tensors (in ``target``'s order) and the simulation."""
         sim = simulator.run(images, labels, create_graph=create_graph)
-        simulated = [sim.update[n] for n in simulator.param_names]
+        simulated = [sim.update[n] for n in simulator.matched_names]
         matching = look_up_objective(self.config.objective)(simulated, target)
         if self.config.bn_weight:
             matching = matching + self.config.bn_weight * bn_matching_loss(sim.bn_statistics, recovered)
@@ -994,8 +1007,8 @@ class _Problem:
     """One attack problem: the replay, the observed update and what was recovered from it."""
 
     simulator: LocalTrainingSimulator
-    target: list[torch.Tensor]  # the observed update's parameter tensors, in the simulator's order
-    recovered: dict[str, BNStatistics]
+    target: list[torch.Tensor]  # the observed update's matched parameter tensors, in the simulator's order
+    recovered: dict[str, BNStatistics]  # the statistics of the matched BatchNorm layers
     label_info: LabelRecovery
     prior: torch.Tensor
     device: torch.device

@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from nvflare_gia.attack.threat_model import ThreatModel, bn_momenta
 from nvflare_gia.errors import DataError
 from nvflare_gia.training import OptimizerName
 
-__all__ = ["LocalTrainingSimulator", "SimulationResult", "simulate_local_training"]
+__all__ = ["LocalTrainingSimulator", "SimulationResult", "layers_beyond_stride", "simulate_local_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class SimulationResult:
     """Outcome of one simulated round.
 
     Attributes:
-        update: ``{state_dict key: new - old}`` for every state-dict entry. Parameter entries are
+        update: ``{state_dict key: new - old}`` for every buffer and every matched parameter (all
+            of them unless the simulator was given ``matched_params``). Parameter entries are
             differentiable in the images when ``create_graph=True``; buffer entries
             (BatchNorm running statistics, ``num_batches_tracked``) are exact values, detached.
         bn_statistics: per BatchNorm layer, the batch mean and UNBIASED batch variance of its
@@ -59,6 +61,43 @@ class SimulationResult:
     losses: list[float]
 
 
+def layers_beyond_stride(model: nn.Module, in_channels: int, image_size: int, max_stride: int) -> set[str]:
+    """Names of the modules whose output is downsampled from the input by more than ``max_stride``
+    per side (``height * width * max_stride**2 < image_size**2``).
+
+    One forward pass of a copy of ``model`` in eval mode on a square input, so ``model`` and its
+    buffers are not touched. Modules whose output has no spatial dimensions (linear layers) are
+    never in the set.
+
+    Args:
+        model: the network.
+        in_channels: input channels.
+        image_size: input height and width.
+        max_stride: the largest downsampling factor per side that is not "beyond" (>= 1).
+
+    Returns:
+        The module names (as in ``named_modules``).
+    """
+    probe = copy.deepcopy(model).eval()
+    beyond: set[str] = set()
+
+    def record(name: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() >= 3 and math.prod(output.shape[2:]) * max_stride**2 < image_size**2:
+                beyond.add(name)
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in probe.named_modules() if n]
+    try:
+        with torch.no_grad():
+            device = next(probe.parameters(), torch.empty(0)).device
+            probe(torch.zeros(1, in_channels, image_size, image_size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return beyond
+
+
 class LocalTrainingSimulator:
     """Replays ``train_local`` from fixed global weights on dummy images, differentiably.
 
@@ -69,9 +108,13 @@ class LocalTrainingSimulator:
         model: the network holding the global model's weights and buffers (not modified).
         threat: optimizer, learning rate, momentum, weight decay, batch split and BatchNorm momentum.
         device: where to run; ``None`` keeps the model's device.
+        matched_params: the parameter names whose update :meth:`run` returns (``None``: all). The
+            last step differentiates the loss only in these, which saves the others' weight
+            gradients and their backward passes.
 
     Raises:
-        DataError: if the model has no parameters.
+        DataError: if the model has no parameters, or ``matched_params`` is empty or names a
+            parameter the model does not have.
 
     Example:
         >>> from nvflare_gia.models import SmallCNN
@@ -81,7 +124,9 @@ class LocalTrainingSimulator:
         ['classifier.bias', 'classifier.weight']
     """
 
-    def __init__(self, model: nn.Module, threat: ThreatModel, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, threat: ThreatModel, device: torch.device | str | None = None, matched_params: Sequence[str] | None = None
+    ) -> None:
         self.threat = threat
         self.model = copy.deepcopy(model)
         if device is not None:
@@ -92,6 +137,17 @@ class LocalTrainingSimulator:
             raise DataError("LocalTrainingSimulator: the model has no parameters to simulate.")
         self.device = named_params[0][1].device
         self.param_names = [n for n, _ in named_params]
+        if matched_params is None:
+            matched_params = self.param_names
+        unknown = sorted(set(matched_params) - set(self.param_names))
+        if unknown or not matched_params:
+            raise DataError(
+                f"LocalTrainingSimulator: matched_params must be a non-empty subset of the model's parameters, got unknown {unknown}"
+                if unknown else "LocalTrainingSimulator: matched_params must not be empty."
+            )
+        chosen = set(matched_params)
+        self.matched_names = [n for n in self.param_names if n in chosen]
+        self._matched_index = [i for i, n in enumerate(self.param_names) if n in chosen]
         self._params0 = [p.detach().clone().requires_grad_(True) for _, p in named_params]
         self._buffers0 = {n: b.detach().clone() for n, b in self.model.named_buffers()}
         self.momenta = bn_momenta(self.model, threat.bn_momentum)
@@ -197,7 +253,13 @@ class LocalTrainingSimulator:
                 logits = functional_call(self.model, tensors, (x,))
                 loss = F.cross_entropy(logits, y)
                 losses.append(float(loss.detach()))
-                grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+                if step == last_step:  # only the matched parameters' update is returned
+                    matched = torch.autograd.grad(loss, [params[i] for i in self._matched_index], create_graph=create_graph, allow_unused=True)
+                    grads = [None] * len(params)
+                    for i, g in zip(self._matched_index, matched):
+                        grads[i] = g
+                else:
+                    grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
                 new_params = []
                 for i, (p, g) in enumerate(zip(params, grads)):
                     if g is None:  # unused parameter: torch optimizers skip it
@@ -226,8 +288,10 @@ class LocalTrainingSimulator:
         finally:
             self._recording = False
         update: dict[str, torch.Tensor] = {}
-        for name, p0, d in zip(self.param_names, self._params0, deltas):
-            update[name] = d if d is not None else torch.zeros_like(p0)
+        for i in self._matched_index:
+            d = deltas[i]
+            update[self.param_names[i]] = d if d is not None else torch.zeros_like(self._params0[i])
+        for name in self.matched_names:
             if not create_graph:
                 update[name] = update[name].detach()
         for name, b in buffers.items():

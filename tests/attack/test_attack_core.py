@@ -14,6 +14,7 @@ from nvflare_gia.attack import (
     GradientInversionAttack,
     LocalTrainingSimulator,
     ThreatModel,
+    layers_beyond_stride,
     recover_bn_statistics,
     recover_labels,
 )
@@ -157,3 +158,43 @@ def test_matching_loss_rejects_images_outside_the_unit_range(xrays, client_round
         GradientInversionAttack(AttackConfig(device="cpu")).matching_loss(
             global_state, update, ThreatModel(), 255.0 * xrays[0][:1], xrays[1][:1]
         )
+
+
+@pytest.mark.parametrize(
+    "config, batch_size",
+    [(TrainingConfig(), 4), (TrainingConfig(momentum=0.9), 2), (TrainingConfig(optimizer="adam", lr=1e-3), 2)],
+    ids=["sgd-1-step", "momentum-2-steps", "adam-2-steps"],
+)
+def test_matched_params_replay_only_those_parameters_and_exactly(xrays, config, batch_size, client_round):
+    """Earlier steps still update every parameter; only the last step's gradients are restricted."""
+    images, labels = xrays[0][:4], xrays[1][:4]
+    model, _, _ = client_round(images, labels, batch_size, config)
+    threat = ThreatModel(image_size=64, batch_size=batch_size, num_images=4, training=config)
+    full = LocalTrainingSimulator(model, threat).run(images, labels, create_graph=False)
+    chosen = ["features.0.weight", "features.5.bias", "classifier.weight"]
+    part = LocalTrainingSimulator(model, threat, matched_params=chosen).run(images, labels, create_graph=False)
+    params = {n for n, _ in model.named_parameters()}
+    assert set(part.update) == set(full.update) - (params - set(chosen))
+    for key in part.update:
+        torch.testing.assert_close(part.update[key], full.update[key], atol=1e-7, rtol=1e-6, msg=key)
+    with pytest.raises(DataError, match="matched_params.*'nope'"):
+        LocalTrainingSimulator(model, threat, matched_params=["nope"])
+
+
+def test_layers_beyond_stride_follow_the_feature_maps():
+    """SmallCNN keeps every layer at stride 4 (64 and 28 pixels); ResNet-18 at 64 pixels loses
+    layer3 (8x8) and layer4 (4x4) but keeps layer2 (16x16) and the classifier."""
+    from nvflare_gia.models import build_model
+
+    small = build_model("small_cnn", num_classes=2, in_channels=1)
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    layers = {name for name, module in small.named_modules() if list(module.parameters(recurse=False))}
+    assert layers_beyond_stride(small, 1, 64, 4) & layers == set() and layers_beyond_stride(small, 1, 28, 4) & layers == set()
+    assert layers_beyond_stride(small, 1, 64, 2) & layers == {"features.8", "features.9"}
+    assert "pool" in layers_beyond_stride(small, 1, 64, 4)  # global pooling: 1x1, but it has nothing to match
+    assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())
+    deep = layers_beyond_stride(build_model("resnet18", num_classes=2, in_channels=1), 1, 64, 4)
+    assert {"layer3", "layer3.0.bn1", "layer4", "layer4.1.conv2"} <= deep
+    assert not any(name.startswith(("layer2", "layer1", "conv1", "bn1", "fc")) for name in deep)
+    with pytest.raises(ConfigError, match="max_feature_stride"):
+        AttackConfig(max_feature_stride=0)
