@@ -67,7 +67,7 @@ def layers_beyond_stride(model: nn.Module, in_channels: int, image_size: int, ma
 
     One forward pass of a copy of ``model`` in eval mode on a square input, so ``model`` and its
     buffers are not touched. Modules whose output has no spatial dimensions (linear layers) are
-    never in the set.
+    never in the set; a module called more than once is in it when any call's output is.
 
     Args:
         model: the network.
@@ -142,8 +142,8 @@ class LocalTrainingSimulator:
         unknown = sorted(set(matched_params) - set(self.param_names))
         if unknown or not matched_params:
             raise DataError(
-                f"LocalTrainingSimulator: matched_params must be a non-empty subset of the model's parameters, got unknown {unknown}"
-                if unknown else "LocalTrainingSimulator: matched_params must not be empty."
+                f"LocalTrainingSimulator: matched_params must be a non-empty subset of the model's parameter names, "
+                f"got {len(matched_params)} names, unknown: {unknown}."
             )
         chosen = set(matched_params)
         self.matched_names = [n for n in self.param_names if n in chosen]
@@ -289,11 +289,8 @@ class LocalTrainingSimulator:
             self._recording = False
         update: dict[str, torch.Tensor] = {}
         for i in self._matched_index:
-            d = deltas[i]
-            update[self.param_names[i]] = d if d is not None else torch.zeros_like(self._params0[i])
-        for name in self.matched_names:
-            if not create_graph:
-                update[name] = update[name].detach()
+            delta = deltas[i] if deltas[i] is not None else torch.zeros_like(self._params0[i])
+            update[self.param_names[i]] = delta if create_graph else delta.detach()
         for name, b in buffers.items():
             update[name] = b - self._buffers0[name]
         bn_statistics = {}
