@@ -23,6 +23,14 @@ from nvflare_gia.metrics import evaluate_leakage
 from nvflare_gia.training import TrainingConfig
 
 
+# one client round of four images: one SGD step, two steps with momentum, two Adam steps
+ROUNDS = pytest.mark.parametrize(
+    "config, batch_size",
+    [(TrainingConfig(), 4), (TrainingConfig(momentum=0.9), 2), (TrainingConfig(optimizer="adam", lr=1e-3), 2)],
+    ids=["sgd-1-step", "momentum-2-steps", "adam-2-steps"],
+)
+
+
 def test_bn_statistics_recovered_exactly_from_one_step(xrays, client_round):
     images, labels = xrays[0][:4], xrays[1][:4]
     model, global_state, update = client_round(images, labels, 4)
@@ -53,11 +61,7 @@ def test_labels_exact_at_batch_one(xrays, index, client_round):
         assert recovery.labels.tolist() == [forced]
 
 
-@pytest.mark.parametrize(
-    "config, batch_size",
-    [(TrainingConfig(), 4), (TrainingConfig(momentum=0.9), 2), (TrainingConfig(optimizer="adam", lr=1e-3), 2)],
-    ids=["sgd-1-step", "momentum-2-steps", "adam-2-steps"],
-)
+@ROUNDS
 def test_simulated_update_equals_the_client_update(xrays, config, batch_size, client_round):
     images, labels = xrays[0][:4], xrays[1][:4]
     model, _, update = client_round(images, labels, batch_size, config)
@@ -160,11 +164,7 @@ def test_matching_loss_rejects_images_outside_the_unit_range(xrays, client_round
         )
 
 
-@pytest.mark.parametrize(
-    "config, batch_size",
-    [(TrainingConfig(), 4), (TrainingConfig(momentum=0.9), 2), (TrainingConfig(optimizer="adam", lr=1e-3), 2)],
-    ids=["sgd-1-step", "momentum-2-steps", "adam-2-steps"],
-)
+@ROUNDS
 def test_matched_params_replay_only_those_parameters_and_exactly(xrays, config, batch_size, client_round):
     """Earlier steps still update every parameter; only the last step's gradients are restricted."""
     images, labels = xrays[0][:4], xrays[1][:4]
