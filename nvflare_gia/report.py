@@ -72,6 +72,7 @@ METRIC_FORMATS: dict[str, str] = {
     "mse": ".4f",
     "iip": ".3f",
     "label_accuracy": ".3f",
+    "label_count_accuracy": ".3f",
     "attacker_accuracy": ".3f",
     "prior_attacker_accuracy": ".3f",
     "balanced_attacker_accuracy": ".3f",
@@ -551,13 +552,14 @@ def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
 _LAST_COLUMNS = (
     ("site", "client"), ("round", "round"), ("status", "gia/status"), ("images", "num_images"), ("batch", "batch_size"),
     ("SSIM", "gia/ssim"), ("prior SSIM", "gia/prior_ssim"), ("RDLV", "gia/rdlv"), ("PSNR dB", "gia/psnr"), ("MSE", "gia/mse"),
-    ("IIP", "gia/iip"), ("label acc.", "gia/label_accuracy"), ("defense", "gia_defense"), ("verdict", "verdict"),
+    ("IIP", "gia/iip"), ("label acc.", "gia/label_accuracy"),
+    ("label counts", "gia/label_count_accuracy"), ("defense", "gia_defense"), ("verdict", "verdict"),
     ("worst RDLV (round)", "worst_rdlv"),
 )
 _ALL_COLUMNS = (
     ("site", "client"), ("round", "round"), ("status", "gia/status"), ("images", "num_images"), ("SSIM", "gia/ssim"),
     ("prior SSIM", "gia/prior_ssim"), ("RDLV", "gia/rdlv"), ("PSNR dB", "gia/psnr"), ("MSE", "gia/mse"), ("IIP", "gia/iip"),
-    ("label acc.", "gia/label_accuracy"), ("update residual", "gia/update_residual"), ("matching loss", "gia/matching_loss"),
+    ("label acc.", "gia/label_accuracy"), ("label counts", "gia/label_count_accuracy"), ("update residual", "gia/update_residual"), ("matching loss", "gia/matching_loss"),
     ("truth's matching loss", "gia/truth_matching_loss"), ("attack s", "gia/seconds"),
 )
 

@@ -52,7 +52,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_DATA = Path(nvflare_gia.__file__).resolve().parents[2] / "shared" / "data" / "nih_cxr1000_64.npz"
 RUN_KEYS = (
     "model", "batch_size", "prior", "seconds", "iterations", "ms_per_iteration", "ms_per_train_step",
-    "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy", "matching_loss", "truth_matching_loss",
+    "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy", "label_count_accuracy", "matching_loss",
+    "truth_matching_loss",
 )
 
 
@@ -111,6 +112,7 @@ def _one_run(
         "rdlv": report.rdlv,
         "prior_ssim": report.prior_ssim,
         "label_accuracy": report.label_accuracy,
+        "label_count_accuracy": report.label_count_accuracy,
         "matching_loss": float(result.stats["best_loss"]),
         "truth_matching_loss": truth_loss,
     }
@@ -158,10 +160,10 @@ def run_attack_benchmark(
             run = _one_run(model_name, images, labels, splits.num_classes, seconds, device, prior_name, prior, candidates)
             runs.append(run)
             logger.info(
-                "%-10s B=%d %-13s prior: SSIM %.3f (prior %.3f, RDLV %+.3f) PSNR %.2f dB, labels %.2f, matching loss %.3g (truth %.3g), "
+                "%-10s B=%d %-13s prior: SSIM %.3f (prior %.3f, RDLV %+.3f) PSNR %.2f dB, labels %.2f (as a multiset %.2f), matching loss %.3g (truth %.3g), "
                 "%d iterations, %.1f ms/it vs %.1f ms/train step",
                 model_name, batch, prior_name, run["ssim"], run["prior_ssim"], run["rdlv"], run["psnr"], run["label_accuracy"],
-                run["matching_loss"], run["truth_matching_loss"], run["iterations"], run["ms_per_iteration"], run["ms_per_train_step"],
+                run["label_count_accuracy"], run["matching_loss"], run["truth_matching_loss"], run["iterations"], run["ms_per_iteration"], run["ms_per_train_step"],
             )
     result = {"runs": runs, "protocol": {"data": str(path), "seconds": seconds, "device": device, "quick": quick, "threads": threads}}
     out = Path(json_path)

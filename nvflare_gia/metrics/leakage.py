@@ -311,7 +311,7 @@ class LeakageReport:
     """Leakage of one reconstructed batch, averaged over matched (reconstruction, truth) pairs.
 
     Direction (which way means more leakage): ``ssim``, ``psnr``, ``rdlv``, ``iip``,
-    ``label_accuracy`` and ``attacker_accuracy`` higher; ``mse``, ``update_residual`` and
+    ``label_accuracy``, ``label_count_accuracy`` and ``attacker_accuracy`` higher; ``mse``, ``update_residual`` and
     ``bn_residual`` lower. ``prior_ssim`` is the baseline of ``rdlv`` and ``prior_attacker_accuracy``
     the baseline of ``attacker_accuracy``, not leakage measures. Optional measures are None when
     their inputs were not given.
@@ -334,6 +334,10 @@ class LeakageReport:
             matched reconstruction, or None: what the attacker gets without the update (a
             classifier that calls a featureless image "pneumonia" is right on every pneumonia
             image, so ``attacker_accuracy`` counts as leakage only above this).
+        label_count_accuracy: the recovered labels as a multiset against the true ones, whatever
+            the pairing (:func:`compute_label_count_accuracy`), or None. With several images that
+            all look like the prior the pairing is arbitrary, so ``label_accuracy`` can read 0
+            although every label was recovered; this says what the labels themselves leak.
     """
 
     ssim: float
@@ -350,6 +354,7 @@ class LeakageReport:
     bn_residual: float | None
     num_images: int
     prior_attacker_accuracy: float | None = None
+    label_count_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         """Check that every value is finite and the pair counts agree, so ``to_dict`` is JSON-safe.
@@ -357,7 +362,8 @@ class LeakageReport:
         Raises:
             DataError: if a value is NaN/inf or the counts disagree.
         """
-        for name in ("ssim", "psnr", "mse", "rdlv", "prior_ssim", "iip", "label_accuracy", "attacker_accuracy", "prior_attacker_accuracy"):
+        for name in ("ssim", "psnr", "mse", "rdlv", "prior_ssim", "iip", "label_accuracy", "attacker_accuracy", "prior_attacker_accuracy",
+                     "label_count_accuracy"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise DataError(f"LeakageReport: {name} must be finite, got {value!r}.")
@@ -380,7 +386,7 @@ class LeakageReport:
             Python floats only, keys ``gia/ssim``, ``gia/psnr``, ``gia/mse``, ``gia/rdlv``,
             ``gia/prior_ssim``, ``gia/iip``, ``gia/label_accuracy``, ``gia/attacker_accuracy``,
             ``gia/update_residual``, ``gia/bn_residual``, ``gia/num_images``,
-            ``gia/prior_attacker_accuracy``; keys whose value
+            ``gia/prior_attacker_accuracy``, ``gia/label_count_accuracy``; keys whose value
             is None are omitted. ``per_image_ssim`` and ``matching`` are not included.
         """
         skip = {"per_image_ssim", "matching"}
@@ -471,7 +477,7 @@ def evaluate_leakage(
     prior_ssim = float(np.mean(compute_ssim(priors[gt_idx], gt_m)))
     ssim = float(np.mean(per_image_ssim))
 
-    label_accuracy = attacker_accuracy = prior_attacker_accuracy = iip = None
+    label_accuracy = label_count_accuracy = attacker_accuracy = prior_attacker_accuracy = iip = None
     if true_labels is not None:
         labels = as_labels(true_labels, func=func, arg="true_labels")
         _check_length(labels, len(gt), func=func, arg="true_labels", per="true image")
@@ -479,6 +485,7 @@ def evaluate_leakage(
             rec_labels = as_labels(reconstructed_labels, func=func, arg="reconstructed_labels")
             _check_length(rec_labels, len(rec), func=func, arg="reconstructed_labels", per="reconstruction")
             label_accuracy = compute_label_accuracy(rec_labels[rec_idx], labels[gt_idx])
+            label_count_accuracy = compute_label_count_accuracy(rec_labels, labels)
         if classifier is not None:
             attacker_accuracy = compute_classifier_accuracy(classifier, rec_m, labels[gt_idx])
             prior_attacker_accuracy = compute_classifier_accuracy(classifier, priors[gt_idx], labels[gt_idx])
@@ -509,6 +516,7 @@ def evaluate_leakage(
         bn_residual=residuals.get(_PREFIX + "bn_residual"),
         num_images=len(rec_idx),
         prior_attacker_accuracy=prior_attacker_accuracy,
+        label_count_accuracy=label_count_accuracy,
     )
 
 

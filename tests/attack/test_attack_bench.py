@@ -12,7 +12,8 @@ from nvflare_gia.errors import DataError
 
 RUN_KEYS = {
     "model", "batch_size", "seconds", "iterations", "ms_per_iteration", "ms_per_train_step",
-    "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy", "prior", "matching_loss", "truth_matching_loss",
+    "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy", "label_count_accuracy", "prior", "matching_loss",
+    "truth_matching_loss",
 }
 
 

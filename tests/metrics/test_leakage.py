@@ -33,6 +33,7 @@ ALL_KEYS = {
     "gia/rdlv",
     "gia/prior_ssim",
     "gia/iip",
+    "gia/label_count_accuracy",
     "gia/label_accuracy",
     "gia/attacker_accuracy",
     "gia/update_residual",
@@ -205,7 +206,13 @@ def test_evaluate_leakage_compares_labels_after_matching(cxr, rng):
     perm = np.array([2, 0, 3, 1])
     rec = _noisy(truth[perm], 0.05, rng)
     assert evaluate_leakage(rec, truth, reconstructed_labels=labels[perm], true_labels=labels).label_accuracy == 1.0
-    assert evaluate_leakage(rec, truth, reconstructed_labels=labels, true_labels=labels).label_accuracy == 0.0
+    unpaired = evaluate_leakage(rec, truth, reconstructed_labels=labels, true_labels=labels)
+    assert unpaired.label_accuracy == 0.0
+    # the same multiset of labels, so the order-free measure still sees every label leak
+    assert unpaired.label_count_accuracy == 1.0 and unpaired.to_dict()["gia/label_count_accuracy"] == 1.0
+    wrong = evaluate_leakage(rec, truth, reconstructed_labels=[1, 1, 1, 0], true_labels=labels)
+    assert wrong.label_count_accuracy == 0.75
+    assert "gia/label_count_accuracy" not in evaluate_leakage(rec, truth).to_dict()
 
 
 def test_classifier_accuracy_with_fixed_linear_classifier():
