@@ -44,8 +44,8 @@ def test_attack_benchmark_times_and_attacks_on_the_requested_threads_and_restore
 
     def fake_run(model_name, images, labels, *args):
         seen.append(torch.get_num_threads())
-        return dict.fromkeys(("ssim", "prior_ssim", "rdlv", "psnr", "label_accuracy", "matching_loss", "truth_matching_loss",
-                              "ms_per_iteration", "ms_per_train_step"), 0.0) | {"iterations": 0}
+        return dict.fromkeys(("ssim", "prior_ssim", "rdlv", "psnr", "label_accuracy", "label_count_accuracy", "matching_loss",
+                              "truth_matching_loss", "ms_per_iteration", "ms_per_train_step"), 0.0) | {"iterations": 0}
 
     monkeypatch.setattr(attack_bench, "_one_run", fake_run)
     before = torch.get_num_threads()

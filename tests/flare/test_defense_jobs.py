@@ -2,7 +2,9 @@
 
 The audit job (no defense), the four defense jobs and the calibrated job run one round with the same seeds on the
 real chest X-rays; the widget attacks the high-risk site (one image, batch 1) with the same
-iteration budget, so the only difference between the runs is the client's result filter.
+iteration budget, so the only difference between the runs is the client's result filter. It starts
+from the flat prior, so the SSIM is what the update gives: from the jobs' retrieved validation prior
+both the undefended and the Gaussian run ended at the prior's SSIM (0.581 and 0.581, 2026-12-05).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from nvflare_gia.flare.widget import METRICS_FILE
 HIGH_RISK_SITE = "site-1"
 DEFENSE_JOBS = ("fedavg_cxr_gaussian", "fedavg_cxr_laplacian", "fedavg_cxr_shadow", "fedavg_cxr_latent")
 # An iteration budget (with a time budget far above it) makes every run's attack deterministic.
-ATTACK = {"clients": [HIGH_RISK_SITE], "max_seconds": 600.0, "max_iterations": 1500, "restarts": 1, "seed": 0, "end_run_wait_s": 600.0}
+ATTACK = {
+    "clients": [HIGH_RISK_SITE], "max_seconds": 600.0, "max_iterations": 1500, "restarts": 1, "seed": 0, "end_run_wait_s": 600.0,
+    "prior": "flat",
+}
 
 
 def _set_result_filter_args(job: Path, **args) -> None:
