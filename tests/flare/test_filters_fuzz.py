@@ -47,8 +47,9 @@ defended / blocked / passed-through error replies = Gaussian 3748 / 6164 / 88, L
 3143 / 6769 / 88, shadow 1466 / 8459 / 75, latent 1644 / 8281 / 75. The self-audited
 ``CalibratedDefenseFilter`` (on the data-aware world, with 2-iteration attacks per valid result)
 gets a fifth of the examples (``CALIBRATED_EXAMPLES``): 214 / 1772 / 14 of 2,000. The last test
-asserts the totals and a floor on the defended ones (``MIN_VALID``). About 90 s for this file on
-two busy cores, plus about 85 s for the calibrated filter.
+asserts the totals and a floor on the defended ones (``MIN_VALID``). The file took 198 s on two
+idle cores (2026-12-06): 34 s for the noise filters, 82 s for shadow and latent, 79 s for the
+calibrated filter.
 ``LeakageGateFilter`` is not fuzzed here: it is a check, not a defense (it passes an update it
 does not block unchanged); its fail-closed cases are in ``test_audit_filters.py``.
 
