@@ -20,7 +20,8 @@ from nvflare_gia.flare.widget import METRICS_FILE
 
 HIGH_RISK_SITE = "site-1"
 # Not the Gaussian job: its sigma0 1.0 left the flat-prior attack at SSIM 0.313 against 0.325 undefended in
-# one run and 0.306 in another (2026-12-05); the README says it is a baseline, not a defense to rely on.
+# one run and 0.306 in another (2026-12-05), 0.322 against 0.303 with the widget on one thread (2026-12-06);
+# the README says it is a baseline, not a defense to rely on.
 DEFENSE_JOBS = ("fedavg_cxr_laplacian", "fedavg_cxr_shadow", "fedavg_cxr_latent")
 # An iteration budget (with a time budget far above it) makes every run's attack deterministic.
 ATTACK = {
