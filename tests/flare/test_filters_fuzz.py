@@ -96,7 +96,7 @@ from nvflare_gia.flare.filters import (
 
 FUZZ_EXAMPLES = int(os.environ.get("GIA_FUZZ_EXAMPLES", "10000"))
 #: The self-audited filter runs the attack up to four times per defended result (calibration rungs
-#: and confirmations, about 0.3 s on two cores): a fifth of the examples keeps it near 70 s in CI
+#: and confirmations, about 0.3 s on two cores): a fifth of the examples takes it about 80 s
 #: (all 10,000 took 344 s, a quarter of the suite's time).
 CALIBRATED_EXAMPLES = max(1, FUZZ_EXAMPLES // 5)
 EXAMPLES = collections.defaultdict(lambda: FUZZ_EXAMPLES, calibrated=CALIBRATED_EXAMPLES)
