@@ -46,7 +46,7 @@ the default 10,000 examples per filter (derandomized; repeated runs of the file 
 defended / blocked / passed-through error replies = Gaussian 3748 / 6164 / 88, Laplacian
 3143 / 6769 / 88, shadow 1466 / 8459 / 75, latent 1644 / 8281 / 75. The self-audited
 ``CalibratedDefenseFilter`` (on the data-aware world, with 2-iteration attacks per valid result)
-gets a fifth of the examples (``CALIBRATED_EXAMPLES``): 214 / 1772 / 14 of 2,000. The last test
+gets a fifth of the examples (``EXAMPLES``): 214 / 1772 / 14 of 2,000. The last test
 asserts the totals and a floor on the defended ones (``MIN_VALID``). The file took 198 s on two
 idle cores (2026-12-06): 34 s for the noise filters, 82 s for shadow and latent, 79 s for the
 calibrated filter.
@@ -95,11 +95,10 @@ from nvflare_gia.flare.filters import (
 )
 
 FUZZ_EXAMPLES = int(os.environ.get("GIA_FUZZ_EXAMPLES", "10000"))
-#: The self-audited filter runs the attack up to four times per defended result (calibration rungs
-#: and confirmations, about 0.3 s on two cores): a fifth of the examples takes it about 80 s
-#: (all 10,000 took 344 s, a quarter of the suite's time).
-CALIBRATED_EXAMPLES = max(1, FUZZ_EXAMPLES // 5)
-EXAMPLES = collections.defaultdict(lambda: FUZZ_EXAMPLES, calibrated=CALIBRATED_EXAMPLES)
+#: Examples per filter: ``FUZZ_EXAMPLES``, and a fifth for the self-audited filter, which runs the
+#: attack up to four times per defended result (calibration rungs and confirmations, about 0.3 s on
+#: two cores): a fifth takes it about 80 s (all 10,000 took 344 s, a quarter of the suite's time).
+EXAMPLES = {name: FUZZ_EXAMPLES for name in ("gaussian", "laplacian", "shadow", "latent")} | {"calibrated": max(1, FUZZ_EXAMPLES // 5)}
 #: Floor on the defended results of a full run (10,000 examples, 2,000 for the calibrated filter;
 #: reached: 3748, 3143, 1466, 1644, 214).
 MIN_VALID = {"gaussian": 3000, "laplacian": 2500, "shadow": 1200, "latent": 1350, "calibrated": 180}
@@ -771,7 +770,7 @@ def test_data_aware_filters_block_or_defend_every_generated_result(data_worlds):
 def test_calibrated_filter_blocks_or_defends_every_generated_result(data_worlds):
     world = data_worlds["calibrated"]
 
-    @settings(FUZZ_SETTINGS, max_examples=CALIBRATED_EXAMPLES)
+    @settings(FUZZ_SETTINGS, max_examples=EXAMPLES["calibrated"])
     @given(recipe=recipes(data_aware=True))
     def run(recipe):
         _fuzz(world, recipe)
