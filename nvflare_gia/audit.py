@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +217,7 @@ def audit_update(
     attack: GradientInversionAttack,
     *,
     threat_defaults: Mapping[str, Any] | None = None,
+    networks: Collection[str] = (),
     truth: SiteData | None = None,
     prior: np.ndarray | None = None,
     candidates: np.ndarray | None = None,
@@ -229,6 +230,7 @@ def audit_update(
         target: the update, its meta and the global model it came from.
         attack: the configured attack.
         threat_defaults: what the job config says when the meta is silent (``ThreatModel.from_meta``).
+        networks: dotted paths of the job's own networks the meta may name (``ThreatModel.from_meta``).
         truth: the client's own data (audit mode only): the reconstruction is matched and scored
             against its training images. Without it only ground-truth-free metrics are reported.
         prior: an image not from the client (None = flat gray 0.5), used by the attack and by RDLV.
@@ -252,7 +254,7 @@ def audit_update(
         link to the images.
     """
     started = time.monotonic()
-    threat = ThreatModel.from_meta(target.meta, threat_defaults)
+    threat = ThreatModel.from_meta(target.meta, threat_defaults, networks=networks)
     result = attack.reconstruct(target.global_state, target.update, threat, prior=prior, candidates=candidates)
     record: dict[str, Any] = {"client": target.client, "round": int(target.round), "gia/status": "ok"}
     record.update(result.to_dict())

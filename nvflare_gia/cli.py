@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_int_at_least(1), default=None,
         help="CPU threads for the attacks and the timed training steps (default: one, the steadiest timing on a small machine)",
     )
+    attack.add_argument(
+        "--model", default=None,
+        help="your own network instead of SmallCNN and ResNet-18: a built-in name or the dotted path of a factory "
+        "f(num_classes=..., in_channels=...) that Python can import (batch 1 and 4; 8 without --quick)",
+    )
     defenses = bench_commands.add_parser("defenses", help="privacy-utility of every defense (TMI 2023 protocol)")
     defenses.add_argument("--quick", action="store_true", help="smaller grid, fewer rounds (same protocol)")
     defenses.add_argument("--data", default=None)
@@ -254,7 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nvflare_gia.bench.attack_bench import run_attack_benchmark
 
         threads = {} if args.threads is None else {"threads": args.threads}
-        run_attack_benchmark(quick=args.quick, data=args.data, json_path=args.json, seconds=args.seconds, device=args.device, **threads)
+        run_attack_benchmark(
+            quick=args.quick, data=args.data, json_path=args.json, seconds=args.seconds, device=args.device, model=args.model, **threads
+        )
         return 0
     if args.command == "bench" and args.bench_command == "defenses":
         from nvflare_gia.bench.defense_bench import parse_grid, run_defense_benchmark

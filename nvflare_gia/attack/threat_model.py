@@ -12,13 +12,13 @@ import dataclasses
 import logging
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from torch import nn
 
 from nvflare_gia.errors import ConfigError
-from nvflare_gia.models import MODEL_NAMES
+from nvflare_gia.models import MODEL_NAMES, resolve_model_name
 from nvflare_gia.training import TrainingConfig, num_local_steps
 
 __all__ = ["NUM_STEPS_META_KEY", "TRAINING_META_KEY", "ThreatModel", "bn_momenta"]
@@ -44,7 +44,8 @@ class ThreatModel:
     """Everything the attacker knows about one client's round, apart from the tensors.
 
     Args:
-        model: network name for :func:`nvflare_gia.models.build_model` (one of ``MODEL_NAMES``).
+        model: network name for :func:`nvflare_gia.models.build_model` (one of ``MODEL_NAMES``, or the
+            dotted path of a network factory).
         num_classes: number of classes of the network (>= 2).
         in_channels: image channels (>= 1).
         image_size: side of the square input images in pixels (>= 4).
@@ -78,9 +79,7 @@ class ThreatModel:
     bn_momentum: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or self.model.lower() not in MODEL_NAMES:
-            raise ConfigError(f"ThreatModel: model must be one of {list(MODEL_NAMES)}, got {self.model!r}.")
-        object.__setattr__(self, "model", self.model.lower())
+        object.__setattr__(self, "model", resolve_model_name(self.model, owner="ThreatModel"))
         if not isinstance(self.training, TrainingConfig):
             raise ConfigError(f"ThreatModel: training must be a TrainingConfig, got {type(self.training).__name__}.")
         for name, minimum in (("num_classes", 2), ("in_channels", 1), ("image_size", 4), ("batch_size", 1), ("num_images", 1)):
@@ -125,7 +124,7 @@ class ThreatModel:
         return out
 
     @classmethod
-    def from_meta(cls, meta: Mapping, defaults: Mapping | None = None) -> ThreatModel:
+    def from_meta(cls, meta: Mapping, defaults: Mapping | None = None, *, networks: Collection[str] = ()) -> ThreatModel:
         """Build the threat model from an update's meta.
 
         Values come from ``meta["gia_training"]`` first, then from ``defaults`` (same flat keys,
@@ -137,13 +136,16 @@ class ThreatModel:
         Args:
             meta: the update's meta (a ``DXO.meta`` or any mapping).
             defaults: fallback values with the keys of ``gia_training``.
+            networks: dotted paths of networks to accept as ``model`` besides ``MODEL_NAMES``. The
+                meta is the sender's word, so any other path is refused without being imported.
 
         Returns:
             The validated threat model.
 
         Raises:
-            ConfigError: if a required value is missing, a value is invalid, or the step count in
-                the meta disagrees with ``local_epochs * ceil(num_images / batch_size)``.
+            ConfigError: if a required value is missing, a value is invalid, ``networks`` is not a
+                list of strings, ``model`` is a path not in ``networks``, or the step count in the meta disagrees with
+                ``local_epochs * ceil(num_images / batch_size)``.
         """
         if not isinstance(meta, Mapping):
             raise ConfigError(f"ThreatModel.from_meta: meta must be a mapping, got {type(meta).__name__}.")
@@ -163,6 +165,14 @@ class ThreatModel:
             raise ConfigError(
                 f"ThreatModel.from_meta: {missing} must be given in meta[{TRAINING_META_KEY!r}] or in defaults, "
                 f"got meta keys {sorted(reported)} and default keys {sorted(defaults or {})}."
+            )
+        if isinstance(networks, str) or not all(isinstance(n, str) for n in networks):
+            raise ConfigError(f"ThreatModel.from_meta: networks must be a list of dotted network paths, got {networks!r}.")
+        model = merged.get("model")
+        if isinstance(model, str) and model.lower() not in MODEL_NAMES and model not in networks:
+            raise ConfigError(
+                f"ThreatModel.from_meta: model must be one of {list(MODEL_NAMES)} or of the trusted networks {list(networks)}, "
+                f"got {model!r}; a job's own network must be named in the reader's networks (the widget's networks argument)."
             )
         training = TrainingConfig(**{k: merged[k] for k in _TRAINING_KEYS if k in merged})
         kwargs = {k: merged[k] for k in _THREAT_KEYS if k in merged}

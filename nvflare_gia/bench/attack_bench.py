@@ -1,7 +1,7 @@
 """``nvflare-gia bench attack``: attack strength and cost on the TMI 2023 single-step setting.
 
-Protocol: images ``0..B-1`` of ``train_images`` (scaled to [0, 1]); ``SmallCNN`` initialised with
-``torch.manual_seed(0)``, untrained, BatchNorm in train mode; the client takes one SGD step (lr
+Protocol: images ``0..B-1`` of ``train_images`` (scaled to [0, 1]); ``SmallCNN`` (or the network
+``model`` names) initialised with ``torch.manual_seed(0)``, untrained, BatchNorm in train mode; the client takes one SGD step (lr
 0.01, cross-entropy) on those B images; the attack gets ``seconds`` of wall time and only what the
 server sees (global model, update, hyperparameters, a prior image). Every setting runs with the
 priors ``flat`` (gray 0.5) and ``val_mean`` (the mean image of the ``val_images`` split, which
@@ -41,7 +41,7 @@ from nvflare_gia.attack import PRIOR_NAMES, AttackConfig, GradientInversionAttac
 from nvflare_gia.data import load_npz
 from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.metrics import evaluate_leakage
-from nvflare_gia.models import build_model
+from nvflare_gia.models import build_model, resolve_model_name
 from nvflare_gia.threads import torch_threads
 from nvflare_gia.training import TrainingConfig, train_local
 
@@ -119,7 +119,8 @@ def _one_run(
 
 
 def run_attack_benchmark(
-    *, quick: bool, data: str | None, json_path: str, seconds: float = 60.0, device: str = "auto", threads: int = 1
+    *, quick: bool, data: str | None, json_path: str, seconds: float = 60.0, device: str = "auto", threads: int = 1,
+    model: str | None = None,
 ) -> dict:
     """Run the attack benchmark and write ``json_path`` (``{"runs": [...]}``).
 
@@ -132,21 +133,30 @@ def run_attack_benchmark(
         seconds: wall-clock budget per attack.
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: CPU threads torch uses for the attacks and the timed training steps (>= 1).
+        model: a network of one's own to run the protocol on instead (a name of
+            :data:`nvflare_gia.models.MODEL_NAMES` or the dotted path of a network factory, see
+            :func:`nvflare_gia.models.build_model`): batch sizes 1 and 4, and 8 without ``quick``.
+            None runs the networks above.
 
     Returns:
         The JSON content.
 
     Raises:
-        ConfigError: if ``threads`` is not an integer >= 1.
+        ConfigError: if ``threads`` is not an integer >= 1, or ``model`` is not a network name.
         DataError: if the data file is missing or has fewer images than the largest batch.
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"run_attack_benchmark: threads must be an integer >= 1, got {threads!r}.")
+    if model is not None:
+        model = resolve_model_name(model, owner="run_attack_benchmark")
     path = Path(data) if data else DEFAULT_DATA
     if not path.is_file():
         raise DataError(f"run_attack_benchmark: data must be an existing .npz file, got {str(path)!r}.")
     splits = load_npz(path)
-    plan = [("small_cnn", 1), ("small_cnn", 4)] + ([] if quick else [("small_cnn", 8), ("resnet18", 1), ("resnet18", 4)])
+    if model is None:
+        plan = [("small_cnn", 1), ("small_cnn", 4)] + ([] if quick else [("small_cnn", 8), ("resnet18", 1), ("resnet18", 4)])
+    else:
+        plan = [(model, batch) for batch in ((1, 4) if quick else (1, 4, 8))]
     largest = max(batch for _, batch in plan)
     if largest > len(splits.train_labels):
         raise DataError(f"run_attack_benchmark: data has {len(splits.train_labels)} training images, fewer than batch {largest}.")

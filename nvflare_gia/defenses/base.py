@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nvflare_gia.errors import ConfigError, DataError
-from nvflare_gia.models import MODEL_NAMES
+from nvflare_gia.models import resolve_model_name
 from nvflare_gia.training import TrainingConfig
 
 __all__ = ["DefenseOutcome", "DefenseContext", "Defense", "TRAINING_META_KEY"]
@@ -108,8 +108,8 @@ class DefenseContext:
             object.__setattr__(self, name, _check_optional_int(owner, name, getattr(self, name), minimum))
         if self.training is not None and not isinstance(self.training, TrainingConfig):
             raise TypeError(f"{owner}: training must be a TrainingConfig or None, got {type(self.training).__name__}.")
-        if self.model is not None and (not isinstance(self.model, str) or self.model.lower() not in MODEL_NAMES):
-            raise ConfigError(f"{owner}: model must be one of {list(MODEL_NAMES)} or None, got {self.model!r}.")
+        if self.model is not None:
+            object.__setattr__(self, "model", resolve_model_name(self.model, owner=owner))
         if self.images is not None:
             shape = tuple(np.shape(self.images))
             if len(shape) != 4 or 0 in shape:

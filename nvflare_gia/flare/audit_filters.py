@@ -171,7 +171,7 @@ class LeakageGateFilter(DefenseFilter):
                 raise DataError(f"{owner}: the update does not fit the global model: " + "; ".join(stand_ins) + ".")
             update = {k: _subtract(v, global_state[k]) for k, v in data.items()} if dxo.data_kind == DataKind.WEIGHTS else data
             context = self._context(dxo, shareable, fl_ctx)  # the site's own data, checked against the meta
-            threat = ThreatModel.from_meta(dxo.meta or {})
+            threat = ThreatModel.from_meta(dxo.meta or {}, networks=[context.model])  # the site's own training meta
             record = self._gate.audit(
                 global_state, update, threat, context.images, context.labels, round_index=round_index,
                 val_images=context.val_images, batch_order=client_batch_order(context),

@@ -22,7 +22,7 @@ import torch
 
 from nvflare_gia.data import DataSpec, load_site_data
 from nvflare_gia.errors import ConfigError
-from nvflare_gia.models import MODEL_NAMES, build_model
+from nvflare_gia.models import MODEL_NAMES, build_model, resolve_model_name
 from nvflare_gia.training import TrainingConfig, evaluate, train_local, training_meta
 
 __all__ = ["GIA_TRAINING_META_KEY", "DEFAULT_DATA_SPEC_FILE", "parse_args", "training_config_from_args", "resolve_data_spec", "main"]
@@ -46,12 +46,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the training arguments (``task_script_args`` of the job); defaults come from ``TrainingConfig``.
 
     Raises:
-        ConfigError: for an unknown argument or a value of the wrong type.
+        ConfigError: for an unknown argument, a value of the wrong type, or a ``--model`` that is
+            not a network name (:func:`nvflare_gia.models.resolve_model_name`).
     """
     defaults = TrainingConfig()
     parser = _ArgumentParser(description="nvflare_gia client training (FLARE Client API)")
     parser.add_argument("--data_spec", default=DEFAULT_DATA_SPEC_FILE, help="DataSpec JSON file (relative to the app's config folder) or JSON text")
-    parser.add_argument("--model", default="small_cnn", choices=MODEL_NAMES)
+    parser.add_argument("--model", default="small_cnn", help=f"one of {list(MODEL_NAMES)} or the dotted path of a network factory")
     parser.add_argument("--optimizer", default=defaults.optimizer)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--momentum", type=float, default=defaults.momentum)
@@ -59,7 +60,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--local_epochs", type=int, default=defaults.local_epochs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.model = resolve_model_name(args.model, owner="client_train", arg="train_args --model")
+    return args
 
 
 def training_config_from_args(args: argparse.Namespace) -> TrainingConfig:

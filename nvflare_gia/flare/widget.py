@@ -28,6 +28,7 @@ from nvflare_gia.attack import DEFAULT_MAX_IMAGES, AttackConfig, GradientInversi
 from nvflare_gia.audit import AuditTarget, append_record, audit_update, make_private_dir
 from nvflare_gia.defenses._update import to_numpy
 from nvflare_gia.errors import ConfigError
+from nvflare_gia.models import resolve_model_name
 
 __all__ = ["GradientInversionWidget", "METRICS_FILE"]
 
@@ -91,6 +92,10 @@ class GradientInversionWidget(Widget):
             audit mode) as a TensorBoard image ``gia/<site>/reconstruction``. The server's
             TensorBoard event files then hold patient images: keep them as private as the run
             directory, or set this to false.
+        networks: dotted paths of the job's own networks (factories in its ``app/custom`` folder,
+            see :func:`nvflare_gia.models.build_model`) that clients may name as their ``model``;
+            an update naming any other path is recorded failed, the path never imported (the
+            meta is the client's word). The built-in networks are always accepted.
 
     Raises:
         ConfigError: for an argument outside its allowed values (at construction, i.e. deploy time).
@@ -116,6 +121,7 @@ class GradientInversionWidget(Widget):
         output_dir: str = "gia",
         num_threads: int | None = None,
         tensorboard_images: bool = True,
+        networks: list[str] | None = None,
     ) -> None:
         super().__init__()
         if clients is not None and (
@@ -140,6 +146,10 @@ class GradientInversionWidget(Widget):
         if not isinstance(data_spec_file, str) or not data_spec_file.strip():
             raise ConfigError(f"GradientInversionWidget: data_spec_file must be a non-empty file name, got {data_spec_file!r}.")
         check_prior_name("GradientInversionWidget", prior)
+        if networks is not None and (not isinstance(networks, (list, tuple)) or not all(isinstance(n, str) for n in networks)):
+            raise ConfigError(f"GradientInversionWidget: networks must be None or a list of dotted network paths, got {networks!r}.")
+        for network in networks or ():
+            resolve_model_name(network, owner="GradientInversionWidget", arg="networks entry")
         if not isinstance(output_dir, str) or not output_dir or Path(output_dir).is_absolute() or ".." in Path(output_dir).parts:
             raise ConfigError(f"GradientInversionWidget: output_dir must be a relative folder name inside the run directory, got {output_dir!r}.")
         self.clients = clients
@@ -160,6 +170,7 @@ class GradientInversionWidget(Widget):
         self.output_dir = output_dir
         self.num_threads = num_threads
         self.tensorboard_images = tensorboard_images
+        self.networks = networks
         self._attack = GradientInversionAttack(
             AttackConfig(
                 max_seconds=max_seconds,
@@ -354,7 +365,7 @@ class GradientInversionWidget(Widget):
             truth = load_site_data(self._data_spec, target.client)
         folder = self._out / target.client / f"round_{target.round}"
         return audit_update(
-            target, self._attack, truth=truth, prior=self._prior_image, candidates=self._candidates, output_dir=folder
+            target, self._attack, networks=self.networks or (), truth=truth, prior=self._prior_image, candidates=self._candidates, output_dir=folder
         )
 
     # ----------------------------------------------------------------- output

@@ -1,5 +1,5 @@
 """Networks: the benchmark ``SmallCNN`` and MONAI networks by name."""
 
-from nvflare_gia.models.networks import MODEL_NAMES, SmallCNN, build_model, build_model_from_state
+from nvflare_gia.models.networks import MODEL_NAMES, SmallCNN, build_model, build_model_from_state, resolve_model_name
 
-__all__ = ["MODEL_NAMES", "SmallCNN", "build_model", "build_model_from_state"]
+__all__ = ["MODEL_NAMES", "SmallCNN", "build_model", "build_model_from_state", "resolve_model_name"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Iterator, Mapping
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import nn
 
 from nvflare_gia.errors import ConfigError, DataError
 
-__all__ = ["SmallCNN", "MODEL_NAMES", "build_model", "build_model_from_state"]
+__all__ = ["SmallCNN", "MODEL_NAMES", "build_model", "build_model_from_state", "resolve_model_name"]
 
 
 class SmallCNN(nn.Module):
@@ -96,8 +97,8 @@ def _resnet18(num_classes: int, in_channels: int) -> nn.Module:
     return resnet18(spatial_dims=2, n_input_channels=in_channels, num_classes=num_classes, pretrained=False)
 
 
-_BUILDERS = {
-    "small_cnn": lambda num_classes, in_channels: SmallCNN(num_classes=num_classes, in_channels=in_channels),
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": SmallCNN,
     "densenet121": _densenet121,
     "resnet18": _resnet18,
 }
@@ -105,12 +106,64 @@ _BUILDERS = {
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
+def resolve_model_name(name: Any, *, owner: str, arg: str = "model") -> str:
+    """Check a network name: one of ``MODEL_NAMES`` (returned lower-case), or the dotted path of a
+    factory ``f(num_classes=..., in_channels=...) -> nn.Module`` that imports here (returned as
+    given), e.g. a module in a FLARE job's ``app/custom`` folder.
+
+    Args:
+        name: the name to check.
+        owner: the class or function that starts the error message.
+        arg: the argument that held ``name``, named in the error message.
+
+    Returns:
+        The name in the form :func:`build_model` takes.
+
+    Raises:
+        ConfigError: for a name that is neither registered nor the path of an importable callable
+            (the message lists the names and suggests the closest).
+    """
+    if isinstance(name, str) and name.lower() in _BUILDERS:
+        return name.lower()
+    if isinstance(name, str) and "." in name.strip("."):
+        _import_factory(name, owner=owner, arg=arg)
+        return name
+    close = difflib.get_close_matches(str(name).lower(), MODEL_NAMES, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"{owner}: {arg} must be one of {list(MODEL_NAMES)} or the dotted path of a network factory "
+        f"f(num_classes=..., in_channels=...), got {name!r}.{hint}"
+    )
+
+
+def _import_factory(path: str, *, owner: str, arg: str) -> Callable[..., nn.Module]:
+    """The callable at dotted ``path`` (``package.module.attribute``).
+
+    Raises:
+        ConfigError: if the module does not import, lacks the attribute, or the attribute is not callable.
+    """
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{owner}: {arg} {path!r}: module {module_name!r} does not import ({exc}); a network of the job's own "
+            f"goes in its app/custom folder, which FLARE puts on the path of the server and the clients."
+        ) from exc
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ConfigError(f"{owner}: {arg} {path!r}: module {module_name!r} has no callable {attribute!r}.")
+    return factory
+
+
 def build_model(name: str = "small_cnn", num_classes: int = 2, in_channels: int = 1, init_seed: int | None = None) -> nn.Module:
     """Build a network with BatchNorm by name.
 
     Args:
         name: one of ``MODEL_NAMES``: ``small_cnn`` (the benchmark CNN), ``densenet121`` and
-            ``resnet18`` (MONAI, 2-D, BatchNorm, randomly initialised).
+            ``resnet18`` (MONAI, 2-D, BatchNorm, randomly initialised); or the dotted path of a
+            factory called as ``f(num_classes=num_classes, in_channels=in_channels)`` (a class such
+            as ``nvflare_gia.models.SmallCNN`` qualifies), for auditing a job's own network.
         num_classes: number of output classes.
         in_channels: image channels (1 for X-rays).
         init_seed: seed of the weight initialisation; None uses the global RNG.
@@ -119,15 +172,20 @@ def build_model(name: str = "small_cnn", num_classes: int = 2, in_channels: int 
         The network, in train mode.
 
     Raises:
-        ConfigError: for an unknown name (the message lists the names and suggests the closest).
+        ConfigError: for an unknown name or a path that does not import (see
+            :func:`resolve_model_name`), or a factory that rejects those keyword arguments or
+            returns no ``nn.Module``.
     """
-    key = str(name).lower()
-    if key not in _BUILDERS:
-        close = difflib.get_close_matches(key, MODEL_NAMES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"build_model: name must be one of {list(MODEL_NAMES)}, got {name!r}.{hint}")
+    key = resolve_model_name(name, owner="build_model", arg="name")
+    factory = _BUILDERS[key] if key in _BUILDERS else _import_factory(key, owner="build_model", arg="name")
     with _seeded(init_seed):
-        return _BUILDERS[key](int(num_classes), int(in_channels))
+        try:
+            model = factory(num_classes=int(num_classes), in_channels=int(in_channels))
+        except TypeError as exc:
+            raise ConfigError(f"build_model: {name!r} must take the keyword arguments num_classes and in_channels ({exc}).") from exc
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"build_model: {name!r} returned a {type(model).__name__}, not a torch.nn.Module.")
+    return model.train()
 
 
 def build_model_from_state(

@@ -91,3 +91,24 @@ def test_threat_model_from_meta_treats_none_defaults_as_unset():
         {TRAINING_META_KEY: {"batch_size": 1, "num_images": 1}}, defaults={"momentum": None, "lr": None, "num_classes": None}
     )
     assert threat.training == TrainingConfig() and threat.num_classes == 2
+
+
+def test_threat_model_from_meta_imports_only_the_networks_the_reader_trusts(tmp_path, monkeypatch):
+    """The meta is the sender's word: a network path in it is refused unimported unless trusted."""
+    marker = tmp_path / "imported"
+    (tmp_path / "senders_networks.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+        "from nvflare_gia.models import SmallCNN as Net\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    meta = {TRAINING_META_KEY: {"batch_size": 1, "num_images": 1, "model": "senders_networks.Net"}}
+    with pytest.raises(ConfigError, match=r"model must be one of \['small_cnn', .*\] or of the trusted networks \[\], got 'senders_networks.Net'"):
+        ThreatModel.from_meta(meta)
+    with pytest.raises(ConfigError, match=r"trusted networks \['other.Net'\], got 'senders_networks.Net'"):
+        ThreatModel.from_meta(meta, networks=["other.Net"])
+    assert not marker.exists()
+    assert ThreatModel.from_meta(meta, networks=["senders_networks.Net"]).model == "senders_networks.Net"
+    assert marker.exists()
+    assert ThreatModel.from_meta({TRAINING_META_KEY: {"batch_size": 1, "num_images": 1, "model": "ResNet18"}}).model == "resnet18"
+    with pytest.raises(ConfigError, match=r"networks must be a list of dotted network paths, got 'senders_networks.Net'"):
+        ThreatModel.from_meta(meta, networks="senders_networks.Net")

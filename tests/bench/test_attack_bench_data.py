@@ -3,6 +3,8 @@ the attacks and the timed training steps run on the requested threads."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -53,3 +55,29 @@ def test_attack_benchmark_times_and_attacks_on_the_requested_threads_and_restore
     result = attack_bench.run_attack_benchmark(quick=True, data=str(data), json_path=str(tmp_path / "x.json"), device="cpu", threads=wanted)
     assert seen == [wanted] * 5 and result["protocol"]["threads"] == wanted
     assert torch.get_num_threads() == before
+
+
+CUSTOM_NETWORKS = Path(__file__).parents[1] / "flare" / "custom"
+
+
+def test_attack_benchmark_runs_its_protocol_on_a_network_of_ones_own(tmp_path, monkeypatch, one_torch_thread):
+    monkeypatch.syspath_prepend(str(CUSTOM_NETWORKS))
+    data = tmp_path / "four.npz"
+    _write_data(data, 4)
+    network = "spatial_head_net.SpatialHeadCNN"
+    result = attack_bench.run_attack_benchmark(quick=True, data=str(data), json_path=str(tmp_path / "x.json"), seconds=0.5, device="cpu", model=network)
+    runs = result["runs"]
+    assert [(r["model"], r["batch_size"], r["prior"]) for r in runs] == [
+        (network, 1, "flat"), (network, 1, "val_mean"), (network, 1, "val_retrieval"), (network, 4, "flat"), (network, 4, "val_mean")
+    ]
+    assert all(r["iterations"] > 0 and np.isfinite(r["ssim"]) for r in runs)
+
+
+@pytest.mark.parametrize("model, match", [
+    ("small_cn", r"model must be one of \['small_cnn', 'densenet121', 'resnet18'\] or the dotted path .*Did you mean 'small_cnn'"),
+    ("no_such_module.Net", r"model 'no_such_module.Net': module 'no_such_module' does not import"),
+])
+def test_attack_benchmark_refuses_an_unknown_network_before_attacking(tmp_path, monkeypatch, model, match):
+    monkeypatch.setattr(attack_bench, "_one_run", lambda *args, **kwargs: pytest.fail("attacked"))
+    with pytest.raises(ConfigError, match=match):
+        attack_bench.run_attack_benchmark(quick=True, data=None, json_path=str(tmp_path / "x.json"), model=model)

@@ -123,6 +123,7 @@ WIDGET_ROWS = [
     *_rows(GradientInversionWidget, "audit", [1, "yes", "false", None]),
     *_rows(GradientInversionWidget, "tensorboard_images", [1, "yes", None]),
     *_rows(GradientInversionWidget, "data_spec_file", ["", "   ", None, 3]),
+    *_rows(GradientInversionWidget, "networks", ["nvflare_gia.models.SmallCNN", [3], [None], {"nvflare_gia.models.SmallCNN"}]),
 ]
 
 
@@ -148,7 +149,7 @@ GOOD_ROWS = [
     (GradientInversionWidget, {"clients": ["site-1"], "start_round": 0, "frequency": 1, "max_images": 1, "max_seconds": 0.5,
                                "max_iterations": 1, "restarts": 1, "objective": "l2", "seed": 0, "device": "cpu",
                                "prior": "val_mean", "queue_size": 1, "end_run_wait_s": 1e-3, "output_dir": "gia/sub",
-                               "num_threads": 1}),
+                               "num_threads": 1, "networks": ["nvflare_gia.models.SmallCNN"]}),
     (GradientInversionWidget, {"clients": ("site-1", "site-2"), "max_seconds": 60, "end_run_wait_s": 300}),
     (LeakageGateFilter, {"metric": "ssim", "threshold": -0.5, "every_n_rounds": 1, "confirmations": 0, "max_images": 1, "max_seconds": None,
                          "max_iterations": 1, "restarts": 1, "seed": 0, "device": "cpu", "num_threads": 1, "prior": "val_retrieval",

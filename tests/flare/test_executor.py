@@ -13,7 +13,8 @@ from nvflare_gia.flare.executor import TrainingExecutor
     [
         ("--local-epochs 2", ConfigError, r"train_args .*unrecognized arguments: --local-epochs 2"),
         ("--lr fast", ConfigError, r"train_args .*--lr: invalid float value: 'fast'"),
-        ("--model resnet", ConfigError, r"train_args .*--model: invalid choice: 'resnet'"),
+        ("--model resnet", ConfigError, r"client_train: train_args --model must be one of \[.*'resnet18'\] or the dotted path .*Did you mean 'resnet18'"),
+        ("--model my_networks.Net", ConfigError, r"train_args --model 'my_networks.Net': module 'my_networks' does not import .*app/custom"),
         ("--lr -0.1", ConfigError, r"lr must be a finite number > 0, got -0.1"),
         ("--optimizer rmsprop", ConfigError, r"optimizer must be one of .*, got 'rmsprop'"),
         (["--lr", "0.01"], TypeError, r"train_args must be a string of training arguments, got \['--lr', '0.01'\]"),
@@ -24,6 +25,6 @@ def test_training_executor_rejects_bad_train_args_at_construction(train_args, er
         TrainingExecutor(train_args=train_args)
 
 
-@pytest.mark.parametrize("train_args", ["", "--lr 0.01 --local_epochs 1", "  --optimizer adam  --seed 3 "])
+@pytest.mark.parametrize("train_args", ["", "--lr 0.01 --local_epochs 1", "  --optimizer adam  --seed 3 ", "--model nvflare_gia.models.SmallCNN"])
 def test_training_executor_accepts_valid_train_args_and_stores_them_unchanged(train_args):
     assert TrainingExecutor(train_args=train_args).train_args == train_args

@@ -1,10 +1,15 @@
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from nvflare_gia.attack import ThreatModel
+from nvflare_gia.defenses.base import DefenseContext
 from nvflare_gia.errors import ConfigError, DataError
-from nvflare_gia.models import MODEL_NAMES, SmallCNN, build_model, build_model_from_state
+from nvflare_gia.models import MODEL_NAMES, SmallCNN, build_model, build_model_from_state, resolve_model_name
 
 
 def test_small_cnn_has_the_exact_benchmark_layout():
@@ -93,3 +98,53 @@ def test_build_model_from_state_names_missing_unexpected_and_misshaped_entries()
         build_model_from_state("small_cnn", {**state, "classifier.weight": torch.zeros(3, 64)})
     with pytest.raises(ConfigError, match="name must be one of"):
         build_model_from_state("resnet", state)
+
+
+CUSTOM_NETWORKS = Path(__file__).parents[1] / "flare" / "custom"
+
+
+def test_build_model_builds_a_network_of_ones_own_from_its_dotted_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(CUSTOM_NETWORKS))
+    name = "spatial_head_net.SpatialHeadCNN"
+    model = build_model(name, num_classes=3, in_channels=1, init_seed=7)
+    assert type(model).__name__ == "SpatialHeadCNN" and model.training and model.classifier.in_features == 64 * 16
+    again = build_model(name, num_classes=3, in_channels=1, init_seed=7).state_dict()
+    assert all(torch.equal(value, again[key]) for key, value in model.state_dict().items())
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    assert torch.equal(build_model_from_state(name, state, num_classes=3).classifier.weight, model.classifier.weight)
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 3)
+    assert resolve_model_name(name, owner="X") == name  # a path keeps its case; built-in names are lower-cased
+    assert resolve_model_name("ResNet18", owner="X") == "resnet18"
+
+
+def _write_module(directory: Path, source: str) -> None:
+    (directory / "my_networks.py").write_text(source)
+
+
+@pytest.mark.parametrize(
+    "name, source, match",
+    [
+        ("my_networks.missing", "", r"build_model: name 'my_networks.missing': module 'my_networks' has no callable 'missing'"),
+        ("my_networks.WIDTH", "WIDTH = 3\n", r"has no callable 'WIDTH'"),
+        ("no_such_package.networks.Net", "", r"module 'no_such_package.networks' does not import .*app/custom folder"),
+        ("my_networks.net", "def net(width):\n    return width\n", r"'my_networks.net' must take the keyword arguments num_classes and in_channels"),
+        ("my_networks.net", "def net(num_classes, in_channels):\n    return 3\n", r"'my_networks.net' returned a int, not a torch.nn.Module"),
+        ("my_networks", "", r"name must be one of \['small_cnn', 'densenet121', 'resnet18'\] or the dotted path"),
+    ],
+)
+def test_build_model_names_what_is_wrong_with_a_path(tmp_path, monkeypatch, name, source, match):
+    _write_module(tmp_path, source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_networks", raising=False)
+    with pytest.raises(ConfigError, match=match):
+        build_model(name)
+
+
+def test_threat_model_and_defense_context_check_the_network_name(monkeypatch):
+    monkeypatch.syspath_prepend(str(CUSTOM_NETWORKS))
+    assert ThreatModel(model="spatial_head_net.SpatialHeadCNN").model == "spatial_head_net.SpatialHeadCNN"
+    assert DefenseContext(model="spatial_head_net.SpatialHeadCNN").model == "spatial_head_net.SpatialHeadCNN"
+    with pytest.raises(ConfigError, match=r"ThreatModel: model must be one of .*Did you mean 'small_cnn'"):
+        ThreatModel(model="smallcnn")
+    with pytest.raises(ConfigError, match=r"DefenseContext: model 'spatial_head_net.Missing': module 'spatial_head_net' has no callable"):
+        DefenseContext(model="spatial_head_net.Missing")
