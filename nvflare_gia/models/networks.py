@@ -145,7 +145,7 @@ def _import_factory(path: str, *, owner: str, arg: str) -> Callable[..., nn.Modu
     module_name, _, attribute = path.rpartition(".")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # the user's module may fail in any way at import (ImportError, SyntaxError, ...)
         raise ConfigError(
             f"{owner}: {arg} {path!r}: module {module_name!r} does not import ({exc}); a network of the job's own "
             f"goes in its app/custom folder, which FLARE puts on the path of the server and the clients."

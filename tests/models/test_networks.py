@@ -127,6 +127,8 @@ def _write_module(directory: Path, source: str) -> None:
         ("my_networks.missing", "", r"build_model: name 'my_networks.missing': module 'my_networks' has no callable 'missing'"),
         ("my_networks.WIDTH", "WIDTH = 3\n", r"has no callable 'WIDTH'"),
         ("no_such_package.networks.Net", "", r"module 'no_such_package.networks' does not import .*app/custom folder"),
+        ("my_networks.Net", "raise RuntimeError('no GPU')\n", r"module 'my_networks' does not import \(no GPU\)"),
+        ("..my_networks.Net", "", r"module '..my_networks' does not import"),
         ("my_networks.net", "def net(width):\n    return width\n", r"'my_networks.net' must take the keyword arguments num_classes and in_channels"),
         ("my_networks.net", "def net(num_classes, in_channels):\n    return 3\n", r"'my_networks.net' returned a int, not a torch.nn.Module"),
         ("my_networks", "", r"name must be one of \['small_cnn', 'densenet121', 'resnet18'\] or the dotted path"),
