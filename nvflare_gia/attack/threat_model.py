@@ -144,8 +144,8 @@ class ThreatModel:
 
         Raises:
             ConfigError: if a required value is missing, a value is invalid, ``networks`` is not a
-                list of strings, ``model`` is a path not in ``networks``, or the step count in the meta disagrees with
-                ``local_epochs * ceil(num_images / batch_size)``.
+                list of strings, ``model`` is a path not in ``networks``, or the step count in the
+                meta disagrees with ``local_epochs * ceil(num_images / batch_size)``.
         """
         if not isinstance(meta, Mapping):
             raise ConfigError(f"ThreatModel.from_meta: meta must be a mapping, got {type(meta).__name__}.")
