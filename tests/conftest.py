@@ -24,6 +24,14 @@ def nih_cxr_path() -> Path:
 
 
 @pytest.fixture
+def own_network(monkeypatch) -> str:
+    """The dotted path of a job's own network, importable during the test: ``SmallCNN`` with a
+    4 x 4-pooled head, from ``tests/flare/custom/spatial_head_net.py`` (what a job ships in ``app/custom``)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "flare" / "custom"))
+    return "spatial_head_net.SpatialHeadCNN"
+
+
+@pytest.fixture
 def one_torch_thread():
     """One torch thread for the test: the machine's cores are shared, and OpenMP threads that wait on
     busy cores make many small operations (the data-aware defenses, short attacks) tens of times slower."""

@@ -3,8 +3,6 @@ the attacks and the timed training steps run on the requested threads."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -57,14 +55,10 @@ def test_attack_benchmark_times_and_attacks_on_the_requested_threads_and_restore
     assert torch.get_num_threads() == before
 
 
-CUSTOM_NETWORKS = Path(__file__).parents[1] / "flare" / "custom"
-
-
-def test_attack_benchmark_runs_its_protocol_on_a_network_of_ones_own(tmp_path, monkeypatch, one_torch_thread):
-    monkeypatch.syspath_prepend(str(CUSTOM_NETWORKS))
+def test_attack_benchmark_runs_its_protocol_on_a_network_of_ones_own(tmp_path, own_network, one_torch_thread):
     data = tmp_path / "four.npz"
     _write_data(data, 4)
-    network = "spatial_head_net.SpatialHeadCNN"
+    network = own_network
     result = attack_bench.run_attack_benchmark(quick=True, data=str(data), json_path=str(tmp_path / "x.json"), seconds=0.5, device="cpu", model=network)
     runs = result["runs"]
     assert [(r["model"], r["batch_size"], r["prior"]) for r in runs] == [

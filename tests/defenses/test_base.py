@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,21 +29,17 @@ def test_defense_context_stores_numpy_ints_as_python_ints():
     assert isinstance(threat_from_context(context), ThreatModel)
 
 
-CUSTOM_NETWORKS = Path(__file__).parents[1] / "flare" / "custom"
-
-
 @pytest.mark.parametrize("defense", [ShadowModelDefense(ShadowModelConfig(seed=0)), LatentPerturbation(LatentPerturbationConfig(seed=0))])
-def test_data_aware_defenses_run_on_a_network_of_ones_own(defense, monkeypatch, one_torch_thread):
+def test_data_aware_defenses_run_on_a_network_of_ones_own(defense, own_network, one_torch_thread):
     """Their default layers (Grad-CAM on the last convolution, the latent after the first pooling)
     are found in any network, so a job's own network needs no extra setting."""
-    monkeypatch.syspath_prepend(str(CUSTOM_NETWORKS))
-    model = build_model("spatial_head_net.SpatialHeadCNN", init_seed=0)
+    model = build_model(own_network, init_seed=0)
     start = copy.deepcopy(model.state_dict())
     images, labels = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
     train_local(model, images, labels, 2, TrainingConfig())
     update = {k: v - start[k] for k, v in model.state_dict().items()}
     context = DefenseContext(images=images.numpy(), labels=labels.numpy(), batch_size=2, training=TrainingConfig(),
-                             model="spatial_head_net.SpatialHeadCNN", num_classes=2, in_channels=1, round_index=0)
+                             model=own_network, num_classes=2, in_channels=1, round_index=0)
     defended = defense.apply(update, global_state=start, context=context).update
     assert sorted(defended) == sorted(update)
     assert all(torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all() for v in defended.values())

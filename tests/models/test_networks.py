@@ -100,12 +100,8 @@ def test_build_model_from_state_names_missing_unexpected_and_misshaped_entries()
         build_model_from_state("resnet", state)
 
 
-CUSTOM_NETWORKS = Path(__file__).parents[1] / "flare" / "custom"
-
-
-def test_build_model_builds_a_network_of_ones_own_from_its_dotted_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(CUSTOM_NETWORKS))
-    name = "spatial_head_net.SpatialHeadCNN"
+def test_build_model_builds_a_network_of_ones_own_from_its_dotted_path(own_network):
+    name = own_network
     model = build_model(name, num_classes=3, in_channels=1, init_seed=7)
     assert type(model).__name__ == "SpatialHeadCNN" and model.training and model.classifier.in_features == 64 * 16
     again = build_model(name, num_classes=3, in_channels=1, init_seed=7).state_dict()
@@ -142,10 +138,8 @@ def test_build_model_names_what_is_wrong_with_a_path(tmp_path, monkeypatch, name
         build_model(name)
 
 
-def test_threat_model_and_defense_context_check_the_network_name(monkeypatch):
-    monkeypatch.syspath_prepend(str(CUSTOM_NETWORKS))
-    assert ThreatModel(model="spatial_head_net.SpatialHeadCNN").model == "spatial_head_net.SpatialHeadCNN"
-    assert DefenseContext(model="spatial_head_net.SpatialHeadCNN").model == "spatial_head_net.SpatialHeadCNN"
+def test_threat_model_and_defense_context_check_the_network_name(own_network):
+    assert ThreatModel(model=own_network).model == DefenseContext(model=own_network).model == own_network
     with pytest.raises(ConfigError, match=r"ThreatModel: model must be one of .*Did you mean 'small_cnn'"):
         ThreatModel(model="smallcnn")
     with pytest.raises(ConfigError, match=r"DefenseContext: model 'spatial_head_net.Missing': module 'spatial_head_net' has no callable"):
