@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from nvflare_gia.errors import ConfigError
-from nvflare_gia.models import MODEL_NAMES, resolve_model_name
+from nvflare_gia.models import resolve_model_name
 from nvflare_gia.training import TrainingConfig, num_local_steps
 
 __all__ = ["NUM_STEPS_META_KEY", "TRAINING_META_KEY", "ThreatModel", "bn_momenta"]
@@ -166,14 +166,8 @@ class ThreatModel:
                 f"ThreatModel.from_meta: {missing} must be given in meta[{TRAINING_META_KEY!r}] or in defaults, "
                 f"got meta keys {sorted(reported)} and default keys {sorted(defaults or {})}."
             )
-        if isinstance(networks, str) or not all(isinstance(n, str) for n in networks):
-            raise ConfigError(f"ThreatModel.from_meta: networks must be a list of dotted network paths, got {networks!r}.")
-        model = merged.get("model")
-        if isinstance(model, str) and model.lower() not in MODEL_NAMES and model not in networks:
-            raise ConfigError(
-                f"ThreatModel.from_meta: model must be one of {list(MODEL_NAMES)} or of the trusted networks {list(networks)}, "
-                f"got {model!r}; a job's own network must be named in the reader's networks (the widget's networks argument)."
-            )
+        if "model" in merged:
+            merged["model"] = resolve_model_name(merged["model"], owner="ThreatModel.from_meta", trusted=networks)
         training = TrainingConfig(**{k: merged[k] for k in _TRAINING_KEYS if k in merged})
         kwargs = {k: merged[k] for k in _THREAT_KEYS if k in merged}
         num_steps = meta.get(NUM_STEPS_META_KEY, merged.get("num_steps"))

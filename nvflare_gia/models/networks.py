@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -106,7 +106,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
-def resolve_model_name(name: Any, *, owner: str, arg: str = "model") -> str:
+def resolve_model_name(name: Any, *, owner: str, arg: str = "model", trusted: Collection[str] | None = None) -> str:
     """Check a network name: one of ``MODEL_NAMES`` (returned lower-case), or the dotted path of a
     factory ``f(num_classes=..., in_channels=...) -> nn.Module`` that imports here (returned as
     given), e.g. a module in a FLARE job's ``app/custom`` folder.
@@ -115,16 +115,27 @@ def resolve_model_name(name: Any, *, owner: str, arg: str = "model") -> str:
         name: the name to check.
         owner: the class or function that starts the error message.
         arg: the argument that held ``name``, named in the error message.
+        trusted: the only paths that may be imported (``name`` came from someone else, e.g. a
+            client's meta); any other path is refused without being imported. None trusts any path.
 
     Returns:
         The name in the form :func:`build_model` takes.
 
     Raises:
         ConfigError: for a name that is neither registered nor the path of an importable callable
-            (the message lists the names and suggests the closest).
+            (the message lists the names and suggests the closest), a path not in ``trusted``, or
+            ``trusted`` that is not a collection of strings.
     """
     if isinstance(name, str) and name.lower() in _BUILDERS:
         return name.lower()
+    if trusted is not None:
+        if isinstance(trusted, str) or not all(isinstance(path, str) for path in trusted):
+            raise ConfigError(f"{owner}: networks must be a list of dotted network paths, got {trusted!r}.")
+        if name not in trusted:
+            raise ConfigError(
+                f"{owner}: {arg} must be one of {list(MODEL_NAMES)} or of the trusted networks {list(trusted)}, got {name!r}; "
+                f"a job's own network must be named in the reader's networks (the widget's networks argument)."
+            )
     if isinstance(name, str) and "." in name.strip("."):
         _import_factory(name, owner=owner, arg=arg)
         return name
