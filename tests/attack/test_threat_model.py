@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -93,8 +95,9 @@ def test_threat_model_from_meta_treats_none_defaults_as_unset():
     assert threat.training == TrainingConfig() and threat.num_classes == 2
 
 
-def test_threat_model_from_meta_imports_only_the_networks_the_reader_trusts(tmp_path, monkeypatch):
+def test_threat_model_from_meta_imports_only_the_networks_the_reader_trusts(tmp_path, monkeypatch, request):
     """The meta is the sender's word: a network path in it is refused unimported unless trusted."""
+    request.addfinalizer(lambda: sys.modules.pop("senders_networks", None))
     marker = tmp_path / "imported"
     (tmp_path / "senders_networks.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"

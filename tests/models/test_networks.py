@@ -130,10 +130,11 @@ def _write_module(directory: Path, source: str) -> None:
         ("my_networks", "", r"name must be one of \['small_cnn', 'densenet121', 'resnet18'\] or the dotted path"),
     ],
 )
-def test_build_model_names_what_is_wrong_with_a_path(tmp_path, monkeypatch, name, source, match):
+def test_build_model_names_what_is_wrong_with_a_path(tmp_path, monkeypatch, request, name, source, match):
     _write_module(tmp_path, source)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "my_networks", raising=False)
+    request.addfinalizer(lambda: sys.modules.pop("my_networks", None))  # later tests expect no such module
     with pytest.raises(ConfigError, match=match):
         build_model(name)
 
