@@ -51,6 +51,7 @@ from nvflare_gia.attack.simulate import (
     LocalTrainingSimulator,
     SimulationResult,
     layers_beyond_stride,
+    set_replay_mode,
     simulate_local_training,
 )
 from nvflare_gia.attack.threat_model import (
@@ -98,6 +99,7 @@ __all__ = [
     "recover_bn_statistics",
     "recover_labels",
     "resolve_device",
+    "set_replay_mode",
     "simulate_local_training",
     "spread_over_batches",
     "validate_update",

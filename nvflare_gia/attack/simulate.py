@@ -2,7 +2,8 @@
 
 The attack optimises dummy images so that this replay reproduces the client's update. The replay
 runs the network with :func:`torch.func.functional_call` on explicit parameter and buffer tensors,
-BatchNorm in train mode, mean cross-entropy, and re-implements the optimizer step of
+BatchNorm in train mode and random layers such as dropout at their expectation
+(:func:`set_replay_mode`), mean cross-entropy, and re-implements the optimizer step of
 ``torch.optim.SGD`` (momentum, weight decay, no dampening, no Nesterov) and ``torch.optim.Adam``
 (betas 0.9/0.999, eps 1e-8, L2 weight decay) as plain tensor maths, so that with
 ``create_graph=True`` the whole round is differentiable in the images (and soft labels).
@@ -32,7 +33,7 @@ from nvflare_gia.attack.threat_model import ThreatModel, bn_momenta
 from nvflare_gia.errors import DataError
 from nvflare_gia.training import OptimizerName
 
-__all__ = ["LocalTrainingSimulator", "SimulationResult", "layers_beyond_stride", "simulate_local_training"]
+__all__ = ["LocalTrainingSimulator", "SimulationResult", "layers_beyond_stride", "set_replay_mode", "simulate_local_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,28 @@ class SimulationResult:
     update: dict[str, torch.Tensor]
     bn_statistics: dict[str, BNStatistics]
     losses: list[float]
+
+
+def set_replay_mode(model: nn.Module) -> nn.Module:
+    """Put ``model`` in the mode the replay runs it in, in place: normalisation layers with batch
+    statistics (BatchNorm, InstanceNorm) in train mode, as in the client's training; every other
+    module in eval mode, so that random layers (dropout, MONAI's drop-connect, RReLU) give their
+    expectation. The client's random draws are unknown to the server; a fixed replay keeps the
+    matching loss a deterministic function of the images (docs/benchmarks.md: with dropout 0.2 before
+    the classifier the random replay left the truth a matching loss of 0.16-0.22 that changed from
+    call to call, the fixed one 0.12).
+
+    Args:
+        model: the network.
+
+    Returns:
+        ``model``.
+    """
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            module.train()
+    return model
 
 
 def layers_beyond_stride(model: nn.Module, in_channels: int, image_size: int, max_stride: int) -> set[str]:
@@ -131,7 +154,7 @@ class LocalTrainingSimulator:
         self.model = copy.deepcopy(model)
         if device is not None:
             self.model.to(device)
-        self.model.train()
+        set_replay_mode(self.model)
         named_params = [(n, p) for n, p in self.model.named_parameters()]
         if not named_params:
             raise DataError("LocalTrainingSimulator: the model has no parameters to simulate.")

@@ -17,10 +17,11 @@ from nvflare_gia.attack import (
     layers_beyond_stride,
     recover_bn_statistics,
     recover_labels,
+    set_replay_mode,
 )
 from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.metrics import evaluate_leakage
-from nvflare_gia.training import TrainingConfig
+from nvflare_gia.training import TrainingConfig, train_local
 
 
 # one client round of four images: one SGD step, two steps with momentum, two Adam steps
@@ -179,6 +180,38 @@ def test_matched_params_replay_only_those_parameters_and_exactly(xrays, config, 
         torch.testing.assert_close(part.update[key], full.update[key], atol=1e-7, rtol=1e-6, msg=key)
     with pytest.raises(DataError, match="matched_params.*'nope'"):
         LocalTrainingSimulator(model, threat, matched_params=["nope"])
+
+
+def _dropout_network(p: float) -> torch.nn.Sequential:
+    """BatchNorm, InstanceNorm with running statistics, and dropout before the classifier."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
+        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Dropout(p), torch.nn.Linear(32, 2),
+    )
+
+
+def test_replay_keeps_normalisation_in_train_mode_and_dropout_at_its_expectation(xrays):
+    """The replay of a network with dropout is deterministic and equals the client's round without
+    the random drops; BatchNorm and InstanceNorm normalise with batch statistics as in training."""
+    images, labels = xrays[0][:4], xrays[1][:4]
+    client = _dropout_network(0.0)
+    global_state = {k: v.clone() for k, v in client.state_dict().items()}
+    train_local(client, images, labels, 2, TrainingConfig())
+    update = {k: v - global_state[k] for k, v in client.state_dict().items()}
+    network = _dropout_network(0.5)
+    modes = {type(m).__name__: m.training for m in set_replay_mode(network).modules()}
+    assert modes["BatchNorm2d"] and modes["InstanceNorm2d"] and not modes["Dropout"] and not modes["Conv2d"]
+    threat = ThreatModel(image_size=64, batch_size=2, num_images=4)
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(TrainingConfig().seed * 100_003))
+    simulator = LocalTrainingSimulator(network.train(), threat)
+    first = simulator.run(images[order], labels[order], create_graph=False).update
+    second = simulator.run(images[order], labels[order], create_graph=False).update
+    assert set(first) == set(update)
+    for key in update:
+        torch.testing.assert_close(first[key].float(), update[key].float(), atol=1e-5, rtol=1e-3, msg=key)
+        assert torch.equal(first[key], second[key]), key
 
 
 def test_layers_beyond_stride_follow_the_feature_maps():
