@@ -91,7 +91,10 @@ def recover_bn_statistics(
     Args:
         global_state: the global model's state dict (tensors or numpy arrays).
         update: ``new_state - global_state`` for at least the BatchNorm buffers.
-        momentum: BatchNorm momentum, one value for all layers or ``{layer_name: momentum}``.
+        momentum: BatchNorm momentum, one value for every layer that owns ``running_mean`` and
+            ``running_var``, or ``{layer_name: momentum}`` for exactly the layers to recover (e.g.
+            :func:`nvflare_gia.attack.bn_momenta` of the model: InstanceNorm layers keep those
+            buffers too, but normalise each image with its own statistics).
         num_steps: number of local optimizer steps (forward passes in train mode) of the round.
 
     Returns:
@@ -111,15 +114,16 @@ def recover_bn_statistics(
     if int(num_steps) != num_steps or num_steps < 1:
         raise ConfigError(f"recover_bn_statistics: num_steps must be an integer >= 1, got {num_steps!r}.")
     out: dict[str, BNStatistics] = {}
-    for layer in bn_layer_names(global_state):
-        m = momentum.get(layer, 0.1) if isinstance(momentum, Mapping) else momentum
+    layers = list(momentum) if isinstance(momentum, Mapping) else bn_layer_names(global_state)
+    for layer in layers:
+        m = momentum[layer] if isinstance(momentum, Mapping) else momentum
         if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 < m <= 1.0):
             raise ConfigError(f"recover_bn_statistics: momentum of {layer!r} must be in (0, 1] or None, got {m!r}.")
         stats = []
         for buffer in ("running_mean", "running_var"):
             key = f"{layer}.{buffer}"
-            if key not in update:
-                raise DataError(f"recover_bn_statistics: update lacks {key!r}; BatchNorm buffers must be sent.")
+            if key not in update or key not in global_state:
+                raise DataError(f"recover_bn_statistics: update or global_state lacks {key!r}; BatchNorm buffers must be sent.")
             old = _as_tensor(global_state[key], key, "global_state")
             delta = _as_tensor(update[key], key, "update")
             if tuple(delta.shape) != tuple(old.shape):

@@ -1,4 +1,6 @@
-"""Recover the client's labels from the update of the network's last linear layer.
+"""Recover the client's labels from the update of the bias of the network's logits: its last linear
+layer's, or a bias that adds to the logits as it is (a 1 x 1 convolution before global pooling;
+:func:`find_classifier`).
 
 With mean cross-entropy, the gradient of the classifier bias on a batch is
 ``mean_i (softmax_i - onehot_i)``. Hence (Zhao et al., iDLG, 2020; Hatamizadeh et al., IEEE TMI
@@ -22,10 +24,11 @@ import dataclasses
 import difflib
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nvflare_gia.attack.bn_stats import BNStatistics
@@ -98,13 +101,49 @@ class LabelRecovery:
     estimates: np.ndarray | None = None
 
 
-def find_classifier(model: nn.Module, num_classes: int) -> str | None:
-    """Name of the last ``nn.Linear`` module of ``model`` with ``num_classes`` outputs, or ``None``."""
+def find_classifier(model: nn.Module, num_classes: int, input_shape: Sequence[int] | None = None) -> str | None:
+    """Name of the module whose bias is the bias of the logits, which label recovery reads.
+
+    The last ``nn.Linear`` with ``num_classes`` outputs. A network without one (e.g. a 1 x 1
+    convolution to the classes before global pooling) is probed when ``input_shape`` is given: the
+    last module with a ``num_classes``-entry bias qualifies if, on random inputs, each logit moves by
+    exactly the change of its own bias entry and no other.
+
+    Args:
+        model: the network (not modified).
+        num_classes: number of classes.
+        input_shape: ``(C, H, W)`` of one input image, for the probe; ``None`` looks for ``nn.Linear`` only.
+
+    Returns:
+        The module name, or ``None``.
+    """
     found = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and module.out_features == num_classes:
             found = name
-    return found
+    if found is not None or input_shape is None:
+        return found
+    biased = [
+        name for name, module in model.named_modules()
+        if isinstance(getattr(module, "bias", None), nn.Parameter) and module.bias.shape == (num_classes,)
+    ]
+    return biased[-1] if biased and _bias_is_logit_bias(model, biased[-1], num_classes, input_shape) else None
+
+
+def _bias_is_logit_bias(model: nn.Module, name: str, num_classes: int, input_shape: Sequence[int]) -> bool:
+    """Whether d logits[:, c] / d bias = one-hot(c) for every image of a random probe batch (eval mode)."""
+    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    bias = dict(net.named_modules())[name].bias
+    probe = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0))
+    logits = net(probe)
+    if logits.shape != (2, num_classes):
+        return False
+    for image in range(2):
+        for c in range(num_classes):
+            (grad,) = torch.autograd.grad(logits[image, c], bias, retain_graph=True, allow_unused=True)
+            if grad is None or not torch.allclose(grad, F.one_hot(torch.tensor(c), num_classes).float(), atol=1e-5):
+                return False
+    return True
 
 
 def counts_to_labels(estimates: np.ndarray, num_images: int) -> np.ndarray:
@@ -218,7 +257,7 @@ def recover_labels(
     strategy = look_up_label_strategy(strategy)
     if strategy is LabelStrategy.SOFT:
         return LabelRecovery(labels=None, method="soft")
-    classifier = find_classifier(model, threat.num_classes)
+    classifier = find_classifier(model, threat.num_classes, (threat.in_channels, threat.image_size, threat.image_size))
     bias_key = f"{classifier}.bias" if classifier is not None else None
     if bias_key is None or bias_key not in update or bias_key not in global_state:
         logger.info("label recovery: no classifier bias with %d outputs; optimising soft labels", threat.num_classes)

@@ -16,6 +16,7 @@ from nvflare_gia.attack import (
     biased_variance,
     counts_to_labels,
     ema_step_weights,
+    find_classifier,
     look_up_label_strategy,
     look_up_objective,
     look_up_regularizer,
@@ -52,6 +53,29 @@ def test_bn_statistics_reject_missing_buffer_and_bad_momentum(xrays, client_roun
         recover_bn_statistics(global_state, {k: v for k, v in update.items() if k != "features.1.running_var"})
     with pytest.raises(ConfigError, match="momentum"):
         recover_bn_statistics(global_state, update, 1.5)
+
+
+def test_bn_statistics_of_only_the_layers_a_momentum_mapping_names(xrays, client_round):
+    """InstanceNorm layers keep running buffers too; the mapping (``bn_momenta`` of the model) says which to read."""
+    _, global_state, update = client_round(xrays[0][:1], xrays[1][:1], 1)
+    everything = recover_bn_statistics(global_state, update, 0.1)
+    named = recover_bn_statistics(global_state, update, {"features.5": 0.1})
+    assert set(everything) == {"features.1", "features.5", "features.9"} and set(named) == {"features.5"}
+    torch.testing.assert_close(named["features.5"].var, everything["features.5"].var, rtol=0, atol=0)
+    with pytest.raises(DataError, match="'features.2.running_mean'"):
+        recover_bn_statistics(global_state, update, {"features.2": 0.1})
+
+
+def test_find_classifier_probes_a_bias_that_is_not_a_linear_layers():
+    """A 1 x 1 convolution before global pooling adds its bias to the logits as it is; behind a
+    softplus it does not, and label recovery must not read it."""
+    torch.manual_seed(0)
+    body = [torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
+    conv_head = torch.nn.Sequential(*body)
+    assert find_classifier(conv_head, 2, (1, 16, 16)) == "2"
+    assert find_classifier(conv_head, 2) is None  # no probe without the input's shape
+    assert find_classifier(torch.nn.Sequential(*body, torch.nn.Softplus()), 2, (1, 16, 16)) is None
+    assert find_classifier(torch.nn.Sequential(*body, torch.nn.Linear(2, 2)), 2, (1, 16, 16)) == "5"
 
 
 def test_biased_variance_scales_by_count():
