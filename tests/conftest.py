@@ -3,6 +3,7 @@ torch thread, and a small cut of the synthetic images for cheap benchmark runs."
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,16 @@ def own_network(monkeypatch) -> str:
     4 x 4-pooled head, from ``tests/flare/custom/spatial_head_net.py`` (what a job ships in ``app/custom``)."""
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "flare" / "custom"))
     return "spatial_head_net.SpatialHeadCNN"
+
+
+@pytest.fixture
+def varied_networks(monkeypatch, request) -> str:
+    """The module name of ``tests/flare/custom/varied_networks.py`` (networks of other shapes than
+    ``SmallCNN``'s: a convolution head, GroupNorm, unusual normalisation, MONAI's ``Classifier``),
+    importable during the test and removed from ``sys.modules`` afterwards."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "flare" / "custom"))
+    request.addfinalizer(lambda: sys.modules.pop("varied_networks", None))
+    return "varied_networks"
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ the client's local round (:func:`nvflare_gia.training.train_local`, the loop the
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ __all__ = [
     "context_tensors",
     "check_step_counts",
     "last_module_of",
-    "first_pooling_module",
+    "stem_end_module",
     "early_output",
     "LatentShift",
     "shifted",
@@ -118,17 +119,63 @@ def last_module_of(model: nn.Module, kinds: tuple[type, ...]) -> str:
     return names[-1]
 
 
-def first_pooling_module(model: nn.Module) -> str:
-    """Name of the first pooling layer (the end of the network's stem): ``features.3`` for ``SmallCNN``.
+def stem_end_module(model: nn.Module, images: torch.Tensor, owner: str) -> str:
+    """Name of the module that ends the network's stem: its first pooling layer (``features.3`` for
+    ``SmallCNN``) or, in a network without one, the first block whose output is spatially smaller
+    than its input, found by a forward pass of one image. Blocks are looked for among the root's
+    children in the order they run, descending into ``nn.Sequential`` containers only, so the split
+    is a point every later layer depends on (a residual unit, not one of its branches).
+
+    Args:
+        model: the network (not modified).
+        images: the client's images ``(N, C, H, W)``; the first one is run.
+        owner: the caller's name, for the error message.
+
+    Returns:
+        The module name.
 
     Raises:
-        DataError: if the network has no pooling layer.
+        DataError: if no block downsamples; the message lists the modules ``split_layer`` may name.
     """
     kinds = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
     for name, module in model.named_modules():
         if isinstance(module, kinds):
             return name
-    raise DataError("the network has no pooling layer; give split_layer explicitly.")
+    probe = copy.deepcopy(model).eval()
+    finished: list[str] = []  # modules in the order their forward returned
+    downsampling: set[str] = set()
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            finished.append(name)
+            first = inputs[0] if inputs else None
+            if (
+                isinstance(first, torch.Tensor) and isinstance(output, torch.Tensor)
+                and first.dim() >= 3 and output.dim() == first.dim() and output.shape[2:].numel() < first.shape[2:].numel()
+            ):
+                downsampling.add(name)
+        return hook
+
+    modules = dict(probe.named_modules())
+    handles = [module.register_forward_hook(record(name)) for name, module in modules.items() if name]
+    try:
+        with torch.no_grad():
+            probe(images[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    parent = ""
+    while True:
+        children = {f"{parent}.{child}" if parent else child for child, _ in modules[parent].named_children()}
+        block = next((name for name in finished if name in children and name in downsampling), None)
+        if block is None:
+            raise DataError(
+                f"{owner}: the network has no pooling or downsampling layer to end its stem; give split_layer, one of "
+                f"{[name for name in modules if name]}."
+            )
+        if not isinstance(modules[block], nn.Sequential):
+            return block
+        parent = block
 
 
 class _Stop(Exception):

@@ -7,7 +7,8 @@ The paper leaves the game open; this module chooses:
 
 * **Where.** ``z = h(x)``, the output of module ``split_layer`` (default: the first pooling layer,
   the end of the stem: ``features.3`` = conv–BN–ReLU–pool for ``SmallCNN``, ``pool0`` for
-  DenseNet-121, ``maxpool`` for ResNet-18). ``δ`` is added to that output; the layers before it
+  DenseNet-121, ``maxpool`` for ResNet-18; in a network without pooling, the first strided
+  layer). ``δ`` is added to that output; the layers before it
   still see the true image.
 * **The simulated attacker (inner min).** A gradient-inversion attacker that learned the latent
   ``z + δ`` from the update must find an image with that latent. It is simulated by
@@ -56,9 +57,9 @@ from nvflare_gia.defenses._replay import (
     check_step_counts,
     context_tensors,
     early_output,
-    first_pooling_module,
     replay_update,
     shifted,
+    stem_end_module,
 )
 from nvflare_gia.defenses._update import copy_value, is_perturbable, restore_like, squared_norm_float64, to_tensor, validate_update
 from nvflare_gia.defenses.base import Defense, DefenseContext, DefenseOutcome
@@ -84,7 +85,8 @@ class LatentPerturbationConfig:
         task_loss_bound: allowed increase of the cross-entropy over the clean latent (> 0, nats).
         steps: defender ascent steps per round (>= 1).
         attacker_steps: gradient steps of the simulated latent-inversion attacker (>= 1).
-        split_layer: module whose output is perturbed; None = the first pooling layer.
+        split_layer: module whose output is perturbed; None = the first pooling layer, or the
+            first downsampling layer of a network without pooling.
         seed: seed of the initial directions (>= 0); None (the default) draws fresh OS entropy
             every call. A seed in the job configuration is known to the server: fix it only for tests.
         num_threads: CPU threads torch may use during a call (restored afterwards); None leaves
@@ -292,7 +294,7 @@ class LatentPerturbation(Defense):
         seed = self._next_seed(round_index)
         model, global_tensors = build_shadow(global_state, context, owner)
         images, labels = context_tensors(context, owner)
-        split_name = cfg.split_layer or first_pooling_module(model)
+        split_name = cfg.split_layer or stem_end_module(model, images, owner)
         modules = dict(model.named_modules())
         if split_name not in modules:
             raise ConfigError(f"{owner}: split_layer must name a module of network {context.model!r}, got {split_name!r}.")

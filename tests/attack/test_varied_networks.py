@@ -5,7 +5,6 @@ network: the replay reproduces the client's update exactly (the true image's mat
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,14 +16,6 @@ from nvflare_gia.models import build_model
 from nvflare_gia.training import TrainingConfig, train_local, training_meta
 
 NETWORKS = ["conv_head", "group_norm", "unusual_norms", "monai_classifier"]
-
-
-@pytest.fixture
-def varied_networks(monkeypatch, request) -> str:
-    """The module of ``tests/flare/custom/varied_networks.py``, importable during the test."""
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "flare" / "custom"))
-    request.addfinalizer(lambda: __import__("sys").modules.pop("varied_networks", None))
-    return "varied_networks"
 
 
 def _one_image_round(path: str, image: torch.Tensor, label: torch.Tensor, config: TrainingConfig):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from nvflare_gia.defenses import DefenseContext
 from nvflare_gia.defenses.latent import LatentPerturbation, LatentPerturbationConfig
 from nvflare_gia.defenses.self_audit import threat_from_context
 from nvflare_gia.defenses.shadow import ShadowModelConfig, ShadowModelDefense
+from nvflare_gia.errors import DataError
 from nvflare_gia.models import build_model
 from nvflare_gia.training import TrainingConfig, train_local
 
@@ -44,3 +46,44 @@ def test_data_aware_defenses_run_on_a_network_of_ones_own(defense, own_network, 
     assert sorted(defended) == sorted(update)
     assert all(torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all() for v in defended.values())
     assert not torch.equal(torch.as_tensor(defended["classifier.weight"]), update["classifier.weight"])
+
+
+@pytest.mark.parametrize("name", ["conv_head", "group_norm", "unusual_norms", "monai_classifier"])
+def test_data_aware_defenses_find_their_layers_in_networks_without_pooling(name, varied_networks, one_torch_thread):
+    """Strided convolutions instead of pooling: the latent perturbation splits after the first one."""
+    path = f"{varied_networks}.{name}"
+    model = build_model(path)
+    start = copy.deepcopy(model.state_dict())
+    images, labels = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+    train_local(model, images, labels, 2, TrainingConfig())
+    update = {k: v - start[k] for k, v in model.state_dict().items()}
+    context = DefenseContext(images=images.numpy(), labels=labels.numpy(), batch_size=2, training=TrainingConfig(),
+                             model=path, num_classes=2, in_channels=1, round_index=0)
+    for defense in (ShadowModelDefense(ShadowModelConfig(seed=0)), LatentPerturbation(LatentPerturbationConfig(seed=0))):
+        outcome = defense.apply(update, global_state=start, context=context)
+        assert sorted(outcome.update) == sorted(update)
+        assert any(not torch.equal(torch.as_tensor(outcome.update[k]), update[k]) for k in update if k.endswith("weight"))
+    split = LatentPerturbation(LatentPerturbationConfig(seed=0)).apply(update, global_state=start, context=context).params["split_layer"]
+    assert split == {"conv_head": "3", "group_norm": "3", "unusual_norms": "3", "monai_classifier": "net.layer_0"}[name]
+
+
+def test_latent_perturbation_names_the_layers_to_choose_from_in_a_network_that_never_downsamples(monkeypatch, tmp_path):
+    (tmp_path / "flat_networks.py").write_text(
+        "from torch import nn\n"
+        "def mlp(num_classes=2, in_channels=1):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16 * 16, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flat_networks", raising=False)
+    model = build_model("flat_networks.mlp")
+    start = copy.deepcopy(model.state_dict())
+    images, labels = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+    train_local(model, images, labels, 2, TrainingConfig())
+    update = {k: v - start[k] for k, v in model.state_dict().items()}
+    context = DefenseContext(images=images.numpy(), labels=labels.numpy(), batch_size=2, training=TrainingConfig(),
+                             model="flat_networks.mlp", num_classes=2, in_channels=1, round_index=0)
+    try:
+        with pytest.raises(DataError, match=r"LatentPerturbation: .* give split_layer, one of \['0', '1', '2', '3'\]"):
+            LatentPerturbation(LatentPerturbationConfig(seed=0)).apply(update, global_state=start, context=context)
+    finally:
+        sys.modules.pop("flat_networks", None)
