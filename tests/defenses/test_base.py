@@ -31,17 +31,24 @@ def test_defense_context_stores_numpy_ints_as_python_ints():
     assert isinstance(threat_from_context(context), ThreatModel)
 
 
+def _two_image_round(path: str, image_size: int) -> tuple[dict, dict, DefenseContext]:
+    """A client round of the network at ``path`` on two random images: global state, update, context."""
+    model = build_model(path, init_seed=0)
+    start = copy.deepcopy(model.state_dict())
+    images = torch.rand(2, 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1])
+    train_local(model, images, labels, 2, TrainingConfig())
+    update = {k: v - start[k] for k, v in model.state_dict().items()}
+    context = DefenseContext(images=images.numpy(), labels=labels.numpy(), batch_size=2, training=TrainingConfig(),
+                             model=path, num_classes=2, in_channels=1, round_index=0)
+    return start, update, context
+
+
 @pytest.mark.parametrize("defense", [ShadowModelDefense(ShadowModelConfig(seed=0)), LatentPerturbation(LatentPerturbationConfig(seed=0))])
 def test_data_aware_defenses_run_on_a_network_of_ones_own(defense, own_network, one_torch_thread):
     """Their default layers (Grad-CAM on the last convolution, the latent after the first pooling)
     are found in any network, so a job's own network needs no extra setting."""
-    model = build_model(own_network, init_seed=0)
-    start = copy.deepcopy(model.state_dict())
-    images, labels = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
-    train_local(model, images, labels, 2, TrainingConfig())
-    update = {k: v - start[k] for k, v in model.state_dict().items()}
-    context = DefenseContext(images=images.numpy(), labels=labels.numpy(), batch_size=2, training=TrainingConfig(),
-                             model=own_network, num_classes=2, in_channels=1, round_index=0)
+    start, update, context = _two_image_round(own_network, 16)
     defended = defense.apply(update, global_state=start, context=context).update
     assert sorted(defended) == sorted(update)
     assert all(torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all() for v in defended.values())
@@ -51,14 +58,7 @@ def test_data_aware_defenses_run_on_a_network_of_ones_own(defense, own_network, 
 @pytest.mark.parametrize("name", ["conv_head", "group_norm", "unusual_norms", "monai_classifier"])
 def test_data_aware_defenses_find_their_layers_in_networks_without_pooling(name, varied_networks, one_torch_thread):
     """Strided convolutions instead of pooling: the latent perturbation splits after the first one."""
-    path = f"{varied_networks}.{name}"
-    model = build_model(path)
-    start = copy.deepcopy(model.state_dict())
-    images, labels = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
-    train_local(model, images, labels, 2, TrainingConfig())
-    update = {k: v - start[k] for k, v in model.state_dict().items()}
-    context = DefenseContext(images=images.numpy(), labels=labels.numpy(), batch_size=2, training=TrainingConfig(),
-                             model=path, num_classes=2, in_channels=1, round_index=0)
+    start, update, context = _two_image_round(f"{varied_networks}.{name}", 32)
     for defense in (ShadowModelDefense(ShadowModelConfig(seed=0)), LatentPerturbation(LatentPerturbationConfig(seed=0))):
         outcome = defense.apply(update, global_state=start, context=context)
         assert sorted(outcome.update) == sorted(update)
@@ -67,7 +67,7 @@ def test_data_aware_defenses_find_their_layers_in_networks_without_pooling(name,
     assert split == {"conv_head": "3", "group_norm": "3", "unusual_norms": "3", "monai_classifier": "net.layer_0"}[name]
 
 
-def test_latent_perturbation_names_the_layers_to_choose_from_in_a_network_that_never_downsamples(monkeypatch, tmp_path):
+def test_latent_perturbation_names_the_layers_to_choose_from_in_a_network_that_never_downsamples(monkeypatch, tmp_path, request):
     (tmp_path / "flat_networks.py").write_text(
         "from torch import nn\n"
         "def mlp(num_classes=2, in_channels=1):\n"
@@ -75,15 +75,7 @@ def test_latent_perturbation_names_the_layers_to_choose_from_in_a_network_that_n
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "flat_networks", raising=False)
-    model = build_model("flat_networks.mlp")
-    start = copy.deepcopy(model.state_dict())
-    images, labels = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
-    train_local(model, images, labels, 2, TrainingConfig())
-    update = {k: v - start[k] for k, v in model.state_dict().items()}
-    context = DefenseContext(images=images.numpy(), labels=labels.numpy(), batch_size=2, training=TrainingConfig(),
-                             model="flat_networks.mlp", num_classes=2, in_channels=1, round_index=0)
-    try:
-        with pytest.raises(DataError, match=r"LatentPerturbation: .* give split_layer, one of \['0', '1', '2', '3'\]"):
-            LatentPerturbation(LatentPerturbationConfig(seed=0)).apply(update, global_state=start, context=context)
-    finally:
-        sys.modules.pop("flat_networks", None)
+    request.addfinalizer(lambda: sys.modules.pop("flat_networks", None))
+    start, update, context = _two_image_round("flat_networks.mlp", 16)
+    with pytest.raises(DataError, match=r"LatentPerturbation: .* give split_layer, one of \['0', '1', '2', '3'\]"):
+        LatentPerturbation(LatentPerturbationConfig(seed=0)).apply(update, global_state=start, context=context)
