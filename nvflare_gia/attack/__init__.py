@@ -51,6 +51,7 @@ from nvflare_gia.attack.simulate import (
     LocalTrainingSimulator,
     SimulationResult,
     layers_beyond_stride,
+    read_dropout_masks,
     set_replay_mode,
     simulate_local_training,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "ema_step_weights",
     "find_classifier",
     "layers_beyond_stride",
+    "read_dropout_masks",
     "look_up_label_strategy",
     "look_up_objective",
     "look_up_regularizer",

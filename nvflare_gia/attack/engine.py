@@ -70,7 +70,7 @@ from nvflare_gia.attack.regularizers import (
     range_penalty,
     total_variation,
 )
-from nvflare_gia.attack.simulate import LocalTrainingSimulator, layers_beyond_stride
+from nvflare_gia.attack.simulate import LocalTrainingSimulator, layers_beyond_stride, read_dropout_masks
 from nvflare_gia.attack.threat_model import ThreatModel, bn_momenta
 from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.models import build_model
@@ -650,7 +650,10 @@ class GradientInversionAttack:
         if deep:
             outermost = sorted(n for n in deep if n.rpartition(".")[0] not in deep)
             logger.info("matching skips the layers downsampled by more than %d: %s", self.config.max_feature_stride, outermost)
-        simulator = LocalTrainingSimulator(model, threat, device=device, matched_params=matched_params)
+        masks = read_dropout_masks(model, global_tensors, update_tensors, threat)
+        if masks:
+            logger.info("replaying the client's dropout masks read off the update: %s", {n: int((m > 0).sum()) for n, m in masks.items()})
+        simulator = LocalTrainingSimulator(model, threat, device=device, matched_params=matched_params, dropout_masks=masks)
         return _Problem(
             simulator=simulator,
             target=[update_tensors[n].to(device, torch.float32) for n in simulator.matched_names],

@@ -3,7 +3,8 @@
 The attack optimises dummy images so that this replay reproduces the client's update. The replay
 runs the network with :func:`torch.func.functional_call` on explicit parameter and buffer tensors,
 BatchNorm in train mode and random layers such as dropout at their expectation
-(:func:`set_replay_mode`), mean cross-entropy, and re-implements the optimizer step of
+(:func:`set_replay_mode`) or with the client's masks where the update shows them
+(:func:`read_dropout_masks`), mean cross-entropy, and re-implements the optimizer step of
 ``torch.optim.SGD`` (momentum, weight decay, no dampening, no Nesterov) and ``torch.optim.Adam``
 (betas 0.9/0.999, eps 1e-8, L2 weight decay) as plain tensor maths, so that with
 ``create_graph=True`` the whole round is differentiable in the images (and soft labels).
@@ -19,9 +20,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +35,14 @@ from nvflare_gia.attack.threat_model import ThreatModel, bn_momenta
 from nvflare_gia.errors import DataError
 from nvflare_gia.training import OptimizerName
 
-__all__ = ["LocalTrainingSimulator", "SimulationResult", "layers_beyond_stride", "set_replay_mode", "simulate_local_training"]
+__all__ = [
+    "LocalTrainingSimulator",
+    "SimulationResult",
+    "layers_beyond_stride",
+    "read_dropout_masks",
+    "set_replay_mode",
+    "simulate_local_training",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +75,11 @@ def set_replay_mode(model: nn.Module) -> nn.Module:
     """Put ``model`` in the mode the replay runs it in, in place: normalisation layers with batch
     statistics (BatchNorm, InstanceNorm) in train mode, as in the client's training; every other
     module in eval mode, so that random layers (dropout, MONAI's drop-connect, RReLU) give their
-    expectation. The client's random draws are unknown to the server; a fixed replay keeps the
-    matching loss a deterministic function of the images (docs/benchmarks.md: with dropout 0.2 before
-    the classifier the random replay left the truth a matching loss of 0.16-0.22 that changed from
-    call to call, the fixed one 0.12).
+    expectation. The client's random draws are unknown to the server (except where the update shows
+    them: :func:`read_dropout_masks`); a fixed replay keeps the matching loss a deterministic
+    function of the images (docs/benchmarks.md: with dropout 0.2 before the classifier the random
+    replay left the truth a matching loss of 0.14-0.25 that changed from call to call, the
+    expectation 0.12, the mask read off a one-image update 0).
 
     Args:
         model: the network.
@@ -82,6 +92,72 @@ def set_replay_mode(model: nn.Module) -> nn.Module:
         if isinstance(module, nn.modules.batchnorm._NormBase):
             module.train()
     return model
+
+
+def read_dropout_masks(
+    model: nn.Module, global_state: Mapping[str, torch.Tensor], update: Mapping[str, torch.Tensor], threat: ThreatModel
+) -> dict[str, torch.Tensor]:
+    """The client's dropout masks, where the update shows them: for a round of one image and one
+    step, an ``nn.Dropout`` whose output is the input of an ``nn.Linear`` zeroes exactly the columns
+    of that layer's weight gradient it dropped, so the update's column equals what the optimizer
+    does with a zero gradient (nothing for SGD without weight decay).
+
+    Args:
+        model: the network with the global weights (a copy runs one probe forward in eval mode).
+        global_state: the global parameters (tensors).
+        update: the client's update (tensors).
+        threat: the client's training configuration.
+
+    Returns:
+        ``{dropout module name: (1, features) tensor}``, the mask over ``1 - p``, to multiply that
+        module's input by in the replay; empty for other rounds or networks.
+    """
+    modules = dict(model.named_modules())
+    if threat.num_images != 1 or threat.num_steps != 1 or not any(type(m) is nn.Dropout for m in modules.values()):
+        return {}
+    probe = copy.deepcopy(model).eval()
+    outputs: list[tuple[torch.Tensor, str]] = []  # each dropout's output (eval mode: its input), kept alive
+    feeds: dict[str, str] = {}  # dropout name -> the linear layer it feeds
+
+    def record_dropout(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            outputs.append((output, name))
+        return hook
+
+    def record_linear(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            feeds.update({source: name for tensor, source in outputs if inputs[0] is tensor})
+        return hook
+
+    handles = []
+    for name, module in probe.named_modules():
+        if type(module) is nn.Dropout:
+            handles.append(module.register_forward_hook(record_dropout(name)))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(record_linear(name)))
+    try:
+        with torch.no_grad():
+            probe(torch.zeros(1, threat.in_channels, threat.image_size, threat.image_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    cfg = threat.training
+    masks = {}
+    for dropout, linear in feeds.items():
+        key = f"{linear}.weight"
+        if key not in update or key not in global_state:
+            continue
+        weight = global_state[key].to(torch.float64)
+        decay = float(cfg.weight_decay) * weight  # the gradient a dropped feature's column still gets
+        if cfg.optimizer == OptimizerName.ADAM.value:
+            unchanged = -float(cfg.lr) * decay / (decay.abs() + _ADAM_EPS)
+        else:
+            unchanged = -float(cfg.lr) * decay
+        gap = (update[key].to(torch.float64) - unchanged).abs().amax(dim=0)
+        kept = gap > 1e-5 * float(gap.max()) if float(gap.max()) > 0 else torch.zeros_like(gap, dtype=torch.bool)
+        p = float(modules[dropout].p)
+        masks[dropout] = (kept.to(torch.float32) / (1.0 - p)).reshape(1, -1) if p < 1.0 else torch.zeros(1, gap.numel())
+    return masks
 
 
 def layers_beyond_stride(model: nn.Module, in_channels: int, image_size: int, max_stride: int) -> set[str]:
@@ -134,6 +210,9 @@ class LocalTrainingSimulator:
         matched_params: the parameter names whose update :meth:`run` returns (``None``: all). The
             last step differentiates the loss only in these, which saves the others' weight
             gradients and their backward passes.
+        dropout_masks: ``{dropout module name: scale}`` (:func:`read_dropout_masks`): those
+            modules multiply their input by the client's mask over ``1 - p`` instead of giving
+            their expectation.
 
     Raises:
         DataError: if the model has no parameters, or ``matched_params`` is empty or names a
@@ -148,7 +227,12 @@ class LocalTrainingSimulator:
     """
 
     def __init__(
-        self, model: nn.Module, threat: ThreatModel, device: torch.device | str | None = None, matched_params: Sequence[str] | None = None
+        self,
+        model: nn.Module,
+        threat: ThreatModel,
+        device: torch.device | str | None = None,
+        matched_params: Sequence[str] | None = None,
+        dropout_masks: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         self.threat = threat
         self.model = copy.deepcopy(model)
@@ -183,6 +267,10 @@ class LocalTrainingSimulator:
             if threat.bn_momentum is not None:
                 modules[name].momentum = threat.bn_momentum
             modules[name].forward = self._make_forward(name, modules[name])
+        for name, scale in (dropout_masks or {}).items():
+            if name not in modules:
+                raise DataError(f"LocalTrainingSimulator: dropout_masks names {name!r}, which is no module of the model.")
+            modules[name].forward = functools.partial(torch.mul, other=scale.to(self.device, torch.float32))
 
     def _step_weights(self) -> dict[str, list[float]]:
         steps = self.threat.num_steps

@@ -15,6 +15,7 @@ from nvflare_gia.attack import (
     LocalTrainingSimulator,
     ThreatModel,
     layers_beyond_stride,
+    read_dropout_masks,
     recover_bn_statistics,
     recover_labels,
     set_replay_mode,
@@ -212,6 +213,34 @@ def test_replay_keeps_normalisation_in_train_mode_and_dropout_at_its_expectation
     for key in update:
         torch.testing.assert_close(first[key].float(), update[key].float(), atol=1e-5, rtol=1e-3, msg=key)
         assert torch.equal(first[key], second[key]), key
+
+
+@pytest.mark.parametrize(
+    "config",
+    [TrainingConfig(), TrainingConfig(momentum=0.9, weight_decay=1e-3), TrainingConfig(optimizer="adam", lr=1e-3, weight_decay=1e-4)],
+    ids=["sgd", "momentum-weight-decay", "adam-weight-decay"],
+)
+def test_dropout_mask_of_a_one_image_round_is_read_off_the_update(xrays, config):
+    """One image, one step: the features the client dropped before the classifier have a zero
+    gradient column, so the mask is read exactly and the replay reproduces the update."""
+    image, label = xrays[0][:1], xrays[1][:1]
+    client = _dropout_network(0.5)
+    global_state = {k: v.clone() for k, v in client.state_dict().items()}
+    seen = []
+    client[-2].register_forward_hook(lambda module, inputs, output: seen.append((output != 0).float() / 0.5))
+    torch.manual_seed(3)
+    train_local(client, image, label, 1, config)
+    update = {k: v - global_state[k] for k, v in client.state_dict().items()}
+    threat = ThreatModel(image_size=64, training=config)
+    network = _dropout_network(0.5)
+    masks = read_dropout_masks(network, global_state, update, threat)
+    assert list(masks) == ["8"] and 0 < int(seen[0].sum()) < 32 * 2
+    torch.testing.assert_close(masks["8"], seen[0], rtol=0, atol=0)
+    replayed = LocalTrainingSimulator(network, threat, dropout_masks=masks).run(image, label, create_graph=False).update
+    for key in update:
+        torch.testing.assert_close(replayed[key].float(), update[key].float(), atol=1e-6, rtol=1e-4, msg=key)
+    two_steps = ThreatModel(image_size=64, batch_size=1, num_images=2, training=config)
+    assert read_dropout_masks(network, global_state, update, two_steps) == {}
 
 
 def test_layers_beyond_stride_follow_the_feature_maps():
