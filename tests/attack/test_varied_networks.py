@@ -13,13 +13,14 @@ import torch.nn.functional as F
 
 from nvflare_gia.attack import NUM_STEPS_META_KEY, TRAINING_META_KEY, AttackConfig, GradientInversionAttack, ThreatModel
 from nvflare_gia.models import build_model
-from nvflare_gia.training import TrainingConfig, train_local, training_meta
+from nvflare_gia.training import TrainingConfig, epoch_orders, train_local, training_meta
 
 NETWORKS = ["conv_head", "group_norm", "unusual_norms", "monai_classifier"]
 
 
 def _one_image_round(path: str, image: torch.Tensor, label: torch.Tensor, config: TrainingConfig):
-    """The global state, the update and the meta of a 1-image client round of the network at ``path``."""
+    """The global state, the update and the meta of a client round of the network at ``path``
+    (batch 1: one step per image and epoch)."""
     torch.manual_seed(0)
     model = build_model(path, num_classes=2, in_channels=1)
     global_state = copy.deepcopy(model.state_dict())
@@ -59,3 +60,18 @@ def test_attack_runs_on_a_jobs_own_network_and_recovers_the_label(xrays, varied_
     assert result.labels.tolist() == label.tolist()
     start = attack.matching_loss(global_state, update, threat, torch.full_like(image, 0.5), result.labels)
     assert attack.matching_loss(global_state, update, threat, torch.as_tensor(result.images), result.labels) < start
+
+
+def test_dropout_is_replayed_with_the_clients_mask_when_the_update_shows_it(xrays, varied_networks):
+    """One image, one step: the attack reads the mask, so the truth explains the update. Two images:
+    the masks stay unknown, the replay takes their expectation, and the truth's loss is a fixed floor."""
+    path = f"{varied_networks}.dropout_head"
+    attack = GradientInversionAttack(AttackConfig(device="cpu"))
+    images = F.interpolate(xrays[0][:2], size=32, mode="area")
+    for count in (1, 2):
+        global_state, update, meta = _one_image_round(path, images[:count], xrays[1][:count], TrainingConfig())
+        threat = ThreatModel.from_meta(meta, networks=[path])
+        order = epoch_orders(count, TrainingConfig())[0]  # the order train_local visited the images in
+        losses = [attack.matching_loss(global_state, update, threat, images[:count][order], xrays[1][:count][order]) for _ in range(2)]
+        assert losses[0] == losses[1]
+        assert losses[0] < 1e-4 if count == 1 else losses[0] > 1e-2

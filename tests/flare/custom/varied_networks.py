@@ -1,7 +1,7 @@
 """Networks of shapes a job may ship in its ``app/custom`` besides ``SmallCNN``'s (factories called as
 ``f(num_classes=..., in_channels=...)``): no linear classifier, no BatchNorm, BatchNorm that keeps a
-cumulative average or no running statistics, InstanceNorm with running statistics, and MONAI's
-``Classifier``."""
+cumulative average or no running statistics, InstanceNorm with running statistics, MONAI's
+``Classifier``, and dropout before the classifier."""
 
 from __future__ import annotations
 
@@ -41,3 +41,12 @@ def unusual_norms(num_classes: int = 2, in_channels: int = 1) -> nn.Module:
 def monai_classifier(num_classes: int = 2, in_channels: int = 1) -> nn.Module:
     """MONAI's ``Classifier`` for 32 x 32 images (its constructor takes the input shape)."""
     return Classifier(in_shape=(in_channels, 32, 32), classes=num_classes, channels=(8, 16, 32), strides=(2, 2, 2))
+
+
+def dropout_head(num_classes: int = 2, in_channels: int = 1) -> nn.Module:
+    """Dropout before the linear classifier."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.3), nn.Linear(128, num_classes),
+    )
