@@ -7,9 +7,9 @@ The paper leaves the game open; this module chooses:
 
 * **Where.** ``z = h(x)``, the output of module ``split_layer`` (default: the first pooling layer,
   the end of the stem: ``features.3`` = conv–BN–ReLU–pool for ``SmallCNN``, ``pool0`` for
-  DenseNet-121, ``maxpool`` for ResNet-18; in a network without pooling, the first strided
-  layer). ``δ`` is added to that output; the layers before it
-  still see the true image.
+  DenseNet-121, ``maxpool`` for ResNet-18; in a network without pooling, the first block that
+  downsamples: a strided convolution, or a whole residual unit). ``δ`` is added to that output;
+  the layers before it still see the true image.
 * **The simulated attacker (inner min).** A gradient-inversion attacker that learned the latent
   ``z + δ`` from the update must find an image with that latent. It is simulated by
   ``attacker_steps`` gradient-descent steps on ``½‖h(x') − (z + δ)‖²`` *started from the true
@@ -86,7 +86,7 @@ class LatentPerturbationConfig:
         steps: defender ascent steps per round (>= 1).
         attacker_steps: gradient steps of the simulated latent-inversion attacker (>= 1).
         split_layer: module whose output is perturbed; None = the first pooling layer, or the
-            first downsampling layer of a network without pooling.
+            first block that downsamples in a network without pooling.
         seed: seed of the initial directions (>= 0); None (the default) draws fresh OS entropy
             every call. A seed in the job configuration is known to the server: fix it only for tests.
         num_threads: CPU threads torch may use during a call (restored afterwards); None leaves

@@ -66,7 +66,7 @@ def test_bn_statistics_of_only_the_layers_a_momentum_mapping_names(xrays, client
         recover_bn_statistics(global_state, update, {"features.2": 0.1})
 
 
-def test_find_classifier_probes_a_bias_that_is_not_a_linear_layers():
+def test_find_classifier_probes_a_logit_bias_outside_a_linear_layer():
     """A 1 x 1 convolution before global pooling adds its bias to the logits as it is; behind a
     softplus it does not, and label recovery must not read it."""
     torch.manual_seed(0)

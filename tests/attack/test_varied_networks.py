@@ -1,6 +1,7 @@
 """The attack on networks of other shapes than ``SmallCNN``'s, named by dotted path as a job's own
 network: the replay reproduces the client's update exactly (the true image's matching loss is about
-0), and labels are read off the logits' bias whether a linear layer or a convolution holds it."""
+0), labels are read off the logits' bias whether a linear layer or a convolution holds it, and
+dropout is replayed with the client's mask where the update shows it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from nvflare_gia.training import TrainingConfig, epoch_orders, train_local, trai
 NETWORKS = ["conv_head", "group_norm", "unusual_norms", "monai_classifier"]
 
 
-def _one_image_round(path: str, image: torch.Tensor, label: torch.Tensor, config: TrainingConfig):
+def _client_round(path: str, image: torch.Tensor, label: torch.Tensor, config: TrainingConfig):
     """The global state, the update and the meta of a client round of the network at ``path``
     (batch 1: one step per image and epoch)."""
     torch.manual_seed(0)
@@ -36,7 +37,7 @@ def test_replay_of_a_jobs_own_network_is_exact(xrays, varied_networks, name, con
     path = f"{varied_networks}.{name}"
     image = F.interpolate(xrays[0][:1], size=32, mode="area")
     label = xrays[1][:1]
-    global_state, update, meta = _one_image_round(path, image, label, config)
+    global_state, update, meta = _client_round(path, image, label, config)
     threat = ThreatModel.from_meta(meta, networks=[path])
     attack = GradientInversionAttack(AttackConfig(device="cpu"))
     truth = attack.matching_loss(global_state, update, threat, image, label)
@@ -51,7 +52,7 @@ def test_attack_runs_on_a_jobs_own_network_and_recovers_the_label(xrays, varied_
     path = f"{varied_networks}.{name}"
     image = F.interpolate(xrays[0][index : index + 1], size=32, mode="area")
     label = xrays[1][index : index + 1]
-    global_state, update, meta = _one_image_round(path, image, label, TrainingConfig())
+    global_state, update, meta = _client_round(path, image, label, TrainingConfig())
     threat = ThreatModel.from_meta(meta, networks=[path])
     attack = GradientInversionAttack(AttackConfig(max_iterations=300, restarts=1, max_seconds=None, device="cpu", seed=0))
     result = attack.reconstruct(global_state, update, threat)
@@ -69,7 +70,7 @@ def test_dropout_is_replayed_with_the_clients_mask_when_the_update_shows_it(xray
     attack = GradientInversionAttack(AttackConfig(device="cpu"))
     images = F.interpolate(xrays[0][:2], size=32, mode="area")
     for count in (1, 2):
-        global_state, update, meta = _one_image_round(path, images[:count], xrays[1][:count], TrainingConfig())
+        global_state, update, meta = _client_round(path, images[:count], xrays[1][:count], TrainingConfig())
         threat = ThreatModel.from_meta(meta, networks=[path])
         order = epoch_orders(count, TrainingConfig())[0]  # the order train_local visited the images in
         losses = [attack.matching_loss(global_state, update, threat, images[:count][order], xrays[1][:count][order]) for _ in range(2)]
