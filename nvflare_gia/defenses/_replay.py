@@ -5,7 +5,6 @@ the client's local round (:func:`nvflare_gia.training.train_local`, the loop the
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nvflare_gia.attack import layers_beyond_stride
 from nvflare_gia.defenses._update import COUNTER_SUFFIX, to_tensor
 from nvflare_gia.defenses.base import DefenseContext
 from nvflare_gia.errors import DataError
@@ -122,13 +122,13 @@ def last_module_of(model: nn.Module, kinds: tuple[type, ...]) -> str:
 def stem_end_module(model: nn.Module, images: torch.Tensor, owner: str) -> str:
     """Name of the module that ends the network's stem: its first pooling layer (``features.3`` for
     ``SmallCNN``) or, in a network without one, the first block whose output is spatially smaller
-    than its input, found by a forward pass of one image. Blocks are looked for among the root's
-    children in the order they run, descending into ``nn.Sequential`` containers only, so the split
-    is a point every later layer depends on (a residual unit, not one of its branches).
+    than the image (:func:`nvflare_gia.attack.layers_beyond_stride` with stride 1). Blocks are looked
+    for among the root's children in order, descending into ``nn.Sequential`` containers only, so
+    the split is a point every later layer depends on (a residual unit, not one of its branches).
 
     Args:
         model: the network (not modified).
-        images: the client's images ``(N, C, H, W)``; the first one is run.
+        images: the client's images ``(N, C, H, H)``, for the probe's shape.
         owner: the caller's name, for the error message.
 
     Returns:
@@ -141,33 +141,12 @@ def stem_end_module(model: nn.Module, images: torch.Tensor, owner: str) -> str:
     for name, module in model.named_modules():
         if isinstance(module, kinds):
             return name
-    probe = copy.deepcopy(model).eval()
-    finished: list[str] = []  # modules in the order their forward returned
-    downsampling: set[str] = set()
-
-    def record(name: str):
-        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-            finished.append(name)
-            first = inputs[0] if inputs else None
-            if (
-                isinstance(first, torch.Tensor) and isinstance(output, torch.Tensor)
-                and first.dim() >= 3 and output.dim() == first.dim() and output.shape[2:].numel() < first.shape[2:].numel()
-            ):
-                downsampling.add(name)
-        return hook
-
-    modules = dict(probe.named_modules())
-    handles = [module.register_forward_hook(record(name)) for name, module in modules.items() if name]
-    try:
-        with torch.no_grad():
-            probe(images[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
+    downsampled = layers_beyond_stride(model, int(images.shape[1]), int(images.shape[-1]), 1)
+    modules = dict(model.named_modules())
     parent = ""
     while True:
-        children = {f"{parent}.{child}" if parent else child for child, _ in modules[parent].named_children()}
-        block = next((name for name in finished if name in children and name in downsampling), None)
+        prefix = f"{parent}." if parent else ""
+        block = next((prefix + child for child, _ in modules[parent].named_children() if prefix + child in downsampled), None)
         if block is None:
             raise DataError(
                 f"{owner}: the network has no pooling or downsampling layer to end its stem; give split_layer, one of "
