@@ -123,8 +123,10 @@ def stem_end_module(model: nn.Module, images: torch.Tensor, owner: str) -> str:
     """Name of the module that ends the network's stem: its first pooling layer (``features.3`` for
     ``SmallCNN``) or, in a network without one, the first block whose output is spatially smaller
     than the image (:func:`nvflare_gia.attack.layers_beyond_stride` with stride 1). Blocks are looked
-    for among the root's children in order, descending into ``nn.Sequential`` containers only, so
-    the split is a point every later layer depends on (a residual unit, not one of its branches).
+    for among the root's children in order, descending into ``nn.Sequential`` and ``nn.ModuleList``
+    containers only (a ``ModuleList`` is taken to run its members in order, as the loops that build
+    networks from one do), so the split is a point every later layer depends on (a residual unit,
+    not one of its branches).
 
     Args:
         model: the network (not modified).
@@ -143,6 +145,13 @@ def stem_end_module(model: nn.Module, images: torch.Tensor, owner: str) -> str:
             return name
     downsampled = layers_beyond_stride(model, int(images.shape[1]), int(images.shape[-1]), 1)
     modules = dict(model.named_modules())
+    # a ModuleList is never called itself, so no hook sees its output: it holds a downsampling
+    # block when one of its members does
+    for name in list(downsampled):
+        parts = name.split(".")
+        downsampled.update(
+            ".".join(parts[:end]) for end in range(1, len(parts)) if isinstance(modules[".".join(parts[:end])], nn.ModuleList)
+        )
     parent = ""
     while True:
         prefix = f"{parent}." if parent else ""
@@ -152,7 +161,7 @@ def stem_end_module(model: nn.Module, images: torch.Tensor, owner: str) -> str:
                 f"{owner}: the network has no pooling or downsampling layer to end its stem; give split_layer, one of "
                 f"{[name for name in modules if name]}."
             )
-        if not isinstance(modules[block], nn.Sequential):
+        if not isinstance(modules[block], (nn.Sequential, nn.ModuleList)):
             return block
         parent = block
 

@@ -16,7 +16,7 @@ from nvflare_gia.attack import NUM_STEPS_META_KEY, TRAINING_META_KEY, AttackConf
 from nvflare_gia.models import build_model
 from nvflare_gia.training import TrainingConfig, epoch_orders, train_local, training_meta
 
-NETWORKS = ["conv_head", "group_norm", "unusual_norms", "monai_classifier"]
+NETWORKS = ["conv_head", "group_norm", "unusual_norms", "monai_classifier", "module_list"]
 
 
 def _client_round(path: str, image: torch.Tensor, label: torch.Tensor, config: TrainingConfig):

@@ -55,7 +55,7 @@ def test_data_aware_defenses_run_on_a_network_of_ones_own(defense, own_network, 
     assert not torch.equal(torch.as_tensor(defended["classifier.weight"]), update["classifier.weight"])
 
 
-@pytest.mark.parametrize("name", ["conv_head", "group_norm", "unusual_norms", "monai_classifier"])
+@pytest.mark.parametrize("name", ["conv_head", "group_norm", "unusual_norms", "monai_classifier", "module_list"])
 def test_data_aware_defenses_find_their_layers_in_networks_without_pooling(name, varied_networks, one_torch_thread):
     """Strided convolutions instead of pooling: the latent perturbation splits after the first one."""
     start, update, context = _two_image_round(f"{varied_networks}.{name}", 32)
@@ -64,7 +64,8 @@ def test_data_aware_defenses_find_their_layers_in_networks_without_pooling(name,
         assert sorted(outcome.update) == sorted(update)
         assert any(not torch.equal(torch.as_tensor(outcome.update[k]), update[k]) for k in update if k.endswith("weight"))
     split = LatentPerturbation(LatentPerturbationConfig(seed=0)).apply(update, global_state=start, context=context).params["split_layer"]
-    assert split == {"conv_head": "3", "group_norm": "3", "unusual_norms": "3", "monai_classifier": "net.layer_0"}[name]
+    expected = {"conv_head": "3", "group_norm": "3", "unusual_norms": "3", "monai_classifier": "net.layer_0", "module_list": "blocks.1.0"}
+    assert split == expected[name]
 
 
 def test_latent_perturbation_names_the_layers_to_choose_from_in_a_network_that_never_downsamples(monkeypatch, tmp_path, request):

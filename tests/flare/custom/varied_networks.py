@@ -1,11 +1,12 @@
 """Networks of shapes a job may ship in its ``app/custom`` besides ``SmallCNN``'s (factories called as
 ``f(num_classes=..., in_channels=...)``): no linear classifier, no BatchNorm, BatchNorm that keeps a
 cumulative average or no running statistics, InstanceNorm with running statistics, MONAI's
-``Classifier``, and dropout before the classifier."""
+``Classifier``, dropout before the classifier, and blocks held in an ``nn.ModuleList``."""
 
 from __future__ import annotations
 
 from monai.networks.nets import Classifier
+import torch
 from torch import nn
 
 
@@ -50,3 +51,29 @@ def dropout_head(num_classes: int = 2, in_channels: int = 1) -> nn.Module:
         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.3), nn.Linear(128, num_classes),
     )
+
+
+class ModuleListNet(nn.Module):
+    """Blocks in an ``nn.ModuleList`` run by a loop in ``forward``, the second one strided."""
+
+    def __init__(self, num_classes: int = 2, in_channels: int = 1) -> None:
+        super().__init__()
+        widths = [(in_channels, 8, 1), (8, 16, 2), (16, 32, 2)]
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.BatchNorm2d(c_out), nn.ReLU())
+            for c_in, c_out, stride in widths
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(32, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)``."""
+        x = images
+        for block in self.blocks:
+            x = block(x)
+        return self.classifier(self.pool(x).flatten(1))
+
+
+def module_list(num_classes: int = 2, in_channels: int = 1) -> nn.Module:
+    """:class:`ModuleListNet`."""
+    return ModuleListNet(num_classes, in_channels)
