@@ -285,7 +285,10 @@ class LocalTrainingSimulator:
         Same maths as ``F.batch_norm(training=True)``: normalise with the biased batch variance,
         update the running buffers (detached) with the unbiased one and the layer's momentum (or
         the cumulative average). Computing the statistics once serves both the normalisation and
-        the statistics matching, which is cheaper than a separate ``var_mean`` on the input.
+        the statistics matching, which is cheaper than a separate ``var_mean`` on the input. The
+        variance is the mean square of the centred input, which the normalisation needs anyway:
+        with the double backward the attack takes through it, this is about 30 % faster on CPU
+        than ``torch.var_mean`` (``docs/benchmarks.md``).
         """
         original = module.forward
 
@@ -294,12 +297,14 @@ class LocalTrainingSimulator:
                 return original(x)
             dims = [0] + list(range(2, x.dim()))
             count = x.numel() // x.shape[1]
-            var, mean = torch.var_mean(x, dim=dims, correction=0)
             shape = [1, -1] + [1] * (x.dim() - 2)
+            mean = x.mean(dim=dims)
+            centered = x - mean.reshape(shape)
+            var = centered.square().mean(dim=dims)
             scale = torch.rsqrt(var + module.eps)
             if module.weight is not None:
                 scale = scale * module.weight
-            out = (x - mean.reshape(shape)) * scale.reshape(shape)
+            out = centered * scale.reshape(shape)
             if module.bias is not None:
                 out = out + module.bias.reshape(shape)
             unbiased = var * (count / max(count - 1, 1))
