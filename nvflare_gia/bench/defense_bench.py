@@ -43,7 +43,7 @@ from nvflare_gia.attack import AttackConfig, GradientInversionAttack
 from nvflare_gia.audit import AuditTarget, audit_update
 from nvflare_gia.data import DataSpec, load_site_data, load_splits, load_test_data
 from nvflare_gia.defenses import DefenseContext
-from nvflare_gia.defenses.calibrated import CALIBRATION_PARAM, CalibrationError
+from nvflare_gia.defenses.calibrated import CALIBRATION_PARAM
 from nvflare_gia.errors import ConfigError, DataError, load_json_file
 from nvflare_gia.models import build_model
 from nvflare_gia.training import TrainingConfig, evaluate, train_local, training_meta
@@ -227,7 +227,7 @@ def _run_one(
                 started = time.perf_counter()
                 try:
                     outcome = defense.apply(update, global_state=global_state, context=context)
-                except CalibrationError as exc:  # fail closed: the site sends nothing this round
+                except DataError as exc:  # the filter fails closed (FLARE drops the result): the site sends nothing this round
                     filter_seconds.append(time.perf_counter() - started)
                     blocked += 1
                     logger.warning("round %d %s: update blocked: %s", round_index, name, exc)

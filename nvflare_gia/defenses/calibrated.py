@@ -49,7 +49,10 @@ leakage-versus-strength curve smoother; with ``seed=None`` that seed is fresh OS
 **Fails closed**: it raises :class:`CalibrationError` (a ``DataError``) when no rung up to
 ``max_strength`` meets the target or ``total_seconds`` runs out before one does, and
 ``DataError`` when the audit cannot run (malformed update, data that does not match the threat
-model). Clients that trained on more than ``max_images`` images are not audited (the attack's
+model). A rung whose defense cannot be applied (the wrapped defense raises ``DataError``, e.g. the
+latent perturbation when no shift keeps the task loss within its bound) is recorded with its error
+and the search goes on to the next one; the update is sent only at a rung that was applied and
+audited. Clients that trained on more than ``max_images`` images are not audited (the attack's
 cost grows with the local dataset, and such updates leak least): they get ``min_strength`` and
 the record says ``skipped``.
 """
@@ -328,7 +331,8 @@ class CalibratedDefense(Defense):
             defense's params, ``strength`` and, under :data:`CALIBRATION_PARAM`, the record:
             ``status``, ``defense``, ``strength_name``, ``strength``, ``metric``, ``prior``, ``target``,
             ``value``, ``tries`` (strength, value = the largest of its ``audits``, ``lower_bound``
-            when any of them was one, seconds of each), ``num_tries``, ``seconds``, and ``reason``
+            when any of them was one, seconds of each; for a strength the wrapped defense could not
+            apply, value None and its ``error``), ``num_tries``, ``seconds``, and ``reason``
             when skipped.
 
         Raises:
@@ -375,7 +379,14 @@ class CalibratedDefense(Defense):
                     f"{cfg.margin}): {_tries_text(record['tries'])}."
                 )
             try_started = time.perf_counter()
-            outcome = self._build(strength, seed).apply(update, global_state=global_state, context=context)
+            try:
+                outcome = self._build(strength, seed).apply(update, global_state=global_state, context=context)
+            except DataError as exc:  # this strength cannot be applied (e.g. the latent's task-loss bound): try the next
+                record["tries"].append(
+                    {"strength": strength, "value": None, "audits": [], "lower_bound": False, "error": str(exc), "seconds": time.perf_counter() - try_started}
+                )
+                logger.info("%s: %s=%.4g cannot be applied: %s", owner, self._field, strength, exc)
+                continue
             # Every audit gets its full attack budget: an attack cut short by the search budget would
             # be weaker and pass more easily, i.e. fail open. Confirmations run only while all pass.
             results = run_with_confirmations(
@@ -410,4 +421,8 @@ class CalibratedDefense(Defense):
 def _tries_text(tries: list[dict[str, Any]]) -> str:
     if not tries:
         return "no audit ran"
-    return ", ".join(f"{t['strength']:.4g} -> {t['value']:.4f}" + (" (a lower bound)" if t["lower_bound"] else "") for t in tries)
+    return ", ".join(
+        f"{t['strength']:.4g} -> not applied ({t['error']})" if "error" in t
+        else f"{t['strength']:.4g} -> {t['value']:.4f}" + (" (a lower bound)" if t["lower_bound"] else "")
+        for t in tries
+    )

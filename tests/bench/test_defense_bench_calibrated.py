@@ -101,3 +101,24 @@ def test_default_selection_leaves_out_opt_in_defenses(tmp_path, monkeypatch):
     run_defense_benchmark(quick=True, data="synthetic", json_path=str(tmp_path / "x.json"), rounds=1, attack_iterations=1)
     assert set(ran) == set(QUICK_GRID) - OPT_IN
     assert len(ran) == sum(len(settings) for name, settings in QUICK_GRID.items() if name not in OPT_IN)
+
+
+def test_a_defense_that_refuses_an_update_blocks_that_site_and_the_benchmark_goes_on(tmp_path, write_small_npz, monkeypatch):
+    """A filter that raises ``DataError`` fails closed in FLARE (the site sends nothing that round),
+    so the benchmark counts it as blocked instead of stopping (as ``LatentPerturbation`` did once
+    when no shift kept the task loss within its bound)."""
+    import nvflare_gia.bench.defense_bench as bench
+    from nvflare_gia.errors import DataError
+
+    class Refusing:
+        def apply(self, update, **kwargs):
+            raise DataError("LatentPerturbation: no latent shift keeps the task loss within task_loss_bound")
+
+    monkeypatch.setattr(bench, "build_defense", lambda name, params, seed: Refusing())
+    result = run_defense_benchmark(
+        quick=True, data=str(write_small_npz(tmp_path, image_size=16)), json_path=str(tmp_path / "d.json"), rounds=1, attack_iterations=5,
+        grid={"latent": [{"epsilon": 1.0}]},
+    )
+    none, refused = result["runs"]
+    assert refused["defense"] == "latent" and refused["audited_rounds"] == 0 and refused["ssim"] is None
+    assert none["audited_rounds"] == 1 and none["ssim"] is not None and refused["accuracy"] is not None

@@ -292,6 +292,40 @@ def test_a_passing_rung_must_also_pass_its_confirmations(high_risk_case, confirm
     assert calibration["value"] == max(audits[-1])
 
 
+class _Refusing:
+    """Stands in for a wrapped defense that cannot be applied at the strengths in ``refused`` (as the
+    latent perturbation when no shift keeps the task loss within its bound); else the real one."""
+
+    def __init__(self, defense, strength: float, refused: tuple[float, ...]):
+        self.defense, self.strength, self.refused = defense, strength, refused
+
+    def apply(self, update, **kwargs):
+        if self.strength in self.refused:
+            raise DataError(f"cannot apply strength {self.strength}")
+        return self.defense.apply(update, **kwargs)
+
+
+@pytest.mark.parametrize(("refused", "audits", "strength"), [((0.2, 0.4), [0.5], None), ((0.2,), [0.5, -0.5], 0.4)])
+def test_a_rung_the_defense_cannot_apply_is_recorded_and_never_sent(high_risk_case, monkeypatch, refused, audits, strength):
+    """A strength the wrapped defense refuses is a failed try, not an error out of the search: the
+    ladder goes on, and when no applied rung passes the update is blocked with the reasons."""
+    case = high_risk_case
+    config = CalibratedDefenseConfig(target=0.0, margin=0.0, min_strength=0.1, max_strength=0.4, confirmations=0, seed=0, **SHORT)
+    defense = CalibratedDefense(config)
+    build = defense._build
+    monkeypatch.setattr(defense, "_build", lambda s, seed: _Refusing(build(s, seed), s, refused))
+    defense._audits = [_FixedAudit(audits)]
+    if strength is None:
+        with pytest.raises(CalibrationError, match=r"0.1 -> 0.5000, 0.2 -> not applied \(cannot apply strength 0.2\), 0.4 -> not applied"):
+            defense.apply(case.update, global_state=case.global_state, context=case.context())
+        return
+    outcome = defense.apply(case.update, global_state=case.global_state, context=case.context())
+    calibration = outcome.params["gia_calibration"]
+    assert outcome.params["strength"] == calibration["strength"] == strength and calibration["num_tries"] == 3
+    assert [t["value"] for t in calibration["tries"]] == [0.5, None, -0.5]
+    assert calibration["tries"][1]["error"] == "cannot apply strength 0.2" and "error" not in calibration["tries"][2]
+
+
 def test_calibrated_defense_climbs_past_a_rung_whose_audit_is_only_a_lower_bound(high_risk_case):
     """At the weakest Gaussian rung the short attack fails while the truth still fits the update:
     every value passes a target of 10, but only a rung whose noise the truth no longer fits is sent."""
