@@ -31,6 +31,7 @@ import csv
 import importlib
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -400,7 +401,7 @@ def run_defense_benchmark(
             )
     runs = _summarise(single, multi_seed=seeds > 1)
     protocol = {
-        "data": str(source), "rounds": rounds, "seed": seed, "seeds": seeds, "quick": quick,
+        "data": str(Path(source).resolve()) if Path(source).is_file() else str(source), "rounds": rounds, "seed": seed, "seeds": seeds, "quick": quick,
         "attack_seconds": attack_budget.get("max_seconds"), "attack_iterations": attack_iterations, "audit_rounds": audit_rounds,
         **_learning_check(runs, spec),
     }
@@ -435,7 +436,8 @@ def merge_defense_benchmarks(inputs: Sequence[str | Path], json_path: str | Path
     Raises:
         ConfigError: if fewer than two inputs are given.
         DataError: if an input is missing or not a ``bench defenses`` output, the inputs' protocols
-            differ in one of :data:`MERGE_PROTOCOL_KEYS` (named, with both values), or one setting
+            differ in one of :data:`MERGE_PROTOCOL_KEYS` (named, with both values; two ``data``
+            paths that name the same existing file agree), or one setting
             has the same seed twice with different results (its timing aside).
     """
     paths = [Path(p) for p in inputs]
@@ -445,6 +447,8 @@ def merge_defense_benchmarks(inputs: Sequence[str | Path], json_path: str | Path
     reference = contents[0]["protocol"]
     for path, content in zip(paths[1:], contents[1:]):
         for key in MERGE_PROTOCOL_KEYS:
+            if key == "data" and _same_file(content["protocol"].get(key), reference.get(key)):
+                continue
             if content["protocol"].get(key) != reference.get(key):
                 raise DataError(
                     f"merge_defense_benchmarks: {str(path)!r} has protocol {key}={content['protocol'].get(key)!r} but "
@@ -477,6 +481,15 @@ def merge_defense_benchmarks(inputs: Sequence[str | Path], json_path: str | Path
     result = {"runs": runs, "equal_utility": equal_utility(runs), "protocol": protocol}
     _write_result(result, json_path)
     return result
+
+
+def _same_file(first: Any, second: Any) -> bool:
+    """Whether two recorded ``data`` values name one existing file (a run records the path it was
+    given before 2026-12-06, e.g. relative to where it ran, and its absolute path since)."""
+    try:
+        return os.path.samefile(str(first), str(second))
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def _load_defense_output(path: Path) -> dict[str, Any]:

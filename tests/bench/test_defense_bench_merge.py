@@ -170,3 +170,26 @@ def test_cli_merge_writes_the_output_and_exits_2_on_a_bad_input(tmp_path, capsys
     c = _write_output(tmp_path / "c.json", 2, [_run("none", 0.8, 0.3)], rounds=15)
     assert main(["bench", "merge", a, c, "--json", str(tmp_path / "n.json")]) == 2
     assert "rounds=15" in caplog.text and not (tmp_path / "n.json").exists()
+
+
+def test_merge_pools_runs_that_name_one_data_file_by_different_paths(tmp_path, monkeypatch):
+    """A run records the data path as given (relative to where it ran) or, since, resolved: both name
+    one file, so their seeds pool; another file does not."""
+    (tmp_path / "data").mkdir()
+    for name in ("pneumoniamnist.npz", "other.npz"):
+        (tmp_path / "data" / name).write_bytes(b"npz")
+    monkeypatch.chdir(tmp_path / "data")
+    first = _write_output(tmp_path / "a.json", 0, [_run("none", 0.8, 0.5)], data="pneumoniamnist.npz")
+    second = _write_output(tmp_path / "b.json", 1, [_run("none", 0.7, 0.4)], data=str(tmp_path / "data" / "pneumoniamnist.npz"))
+    other = _write_output(tmp_path / "c.json", 2, [_run("none", 0.7, 0.4)], data=str(tmp_path / "data" / "other.npz"))
+    merged = merge_defense_benchmarks([first, second], tmp_path / "ab.json")
+    assert merged["protocol"]["seed_list"] == [0, 1] and merged["protocol"]["data"] == "pneumoniamnist.npz"
+    with pytest.raises(DataError, match=r"protocol data=.*other.npz' but .*a.json' has 'pneumoniamnist.npz'"):
+        merge_defense_benchmarks([first, other], tmp_path / "ac.json")
+
+
+def test_bench_records_the_data_file_it_read_by_its_absolute_path(tmp_path, write_small_npz, monkeypatch):
+    path = write_small_npz(tmp_path, image_size=16)
+    monkeypatch.chdir(path.parent)
+    result = run_defense_benchmark(quick=True, data=path.name, json_path=str(tmp_path / "r.json"), rounds=1, attack_iterations=2, defenses=["gaussian"], grid={"gaussian": [{"sigma0": 0.1}]})
+    assert result["protocol"]["data"] == str(path.resolve())
