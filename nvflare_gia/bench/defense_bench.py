@@ -484,8 +484,8 @@ def merge_defense_benchmarks(inputs: Sequence[str | Path], json_path: str | Path
 
 
 def _same_file(first: Any, second: Any) -> bool:
-    """Whether two recorded ``data`` values name one existing file (a run records the path it was
-    given before 2026-12-06, e.g. relative to where it ran, and its absolute path since)."""
+    """Whether two recorded ``data`` values name one existing file (older outputs hold the path as it
+    was given, e.g. relative to where the run started; newer ones its absolute path)."""
     try:
         return os.path.samefile(str(first), str(second))
     except (OSError, TypeError, ValueError):
