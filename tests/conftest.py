@@ -36,7 +36,7 @@ def own_network(monkeypatch) -> str:
 def varied_networks(monkeypatch, request) -> str:
     """The module name of ``tests/flare/custom/varied_networks.py`` (networks of other shapes than
     ``SmallCNN``'s: a convolution head, GroupNorm, unusual normalisation, MONAI's ``Classifier``,
-    dropout before the classifier),
+    dropout before the classifier, blocks held in an ``nn.ModuleList``),
     importable during the test and removed from ``sys.modules`` afterwards."""
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "flare" / "custom"))
     request.addfinalizer(lambda: sys.modules.pop("varied_networks", None))

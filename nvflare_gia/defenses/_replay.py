@@ -147,11 +147,10 @@ def stem_end_module(model: nn.Module, images: torch.Tensor, owner: str) -> str:
     modules = dict(model.named_modules())
     # a ModuleList is never called itself, so no hook sees its output: it holds a downsampling
     # block when one of its members does
-    for name in list(downsampled):
-        parts = name.split(".")
-        downsampled.update(
-            ".".join(parts[:end]) for end in range(1, len(parts)) if isinstance(modules[".".join(parts[:end])], nn.ModuleList)
-        )
+    downsampled |= {
+        name for name, module in modules.items()
+        if isinstance(module, nn.ModuleList) and any(member.startswith(f"{name}.") for member in downsampled)
+    }
     parent = ""
     while True:
         prefix = f"{parent}." if parent else ""
