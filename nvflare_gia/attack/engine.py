@@ -42,11 +42,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import functools
 import itertools
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -231,8 +233,16 @@ class AttackConfig:
             deterministic on CPU).
         restarts: independent restarts (>= 1), combined by ``restart_selection``. Under a time
             budget, fewer are run when the budget cannot give each ``min_restart_iterations``
-            (measured on two calibration iterations); at least one always runs.
+            (measured on two calibration iterations); at least one per thread always runs.
         min_restart_iterations: iterations a restart should get under a time budget (>= 1).
+        parallel_restarts: restarts optimised at the same time (>= 1), each on its own thread with
+            its own replay of the client's training; the restarts are shared among the threads
+            in turn (restart ``r`` on thread ``r % parallel_restarts``), each thread splitting the
+            time budget among its own. Restarts are independent, so they use several CPU cores
+            better than torch's threads inside one restart: with ``num_threads=1``, two threads on
+            a 2-core machine ran 1.7-1.9x the iterations per second of one, where two torch
+            threads made iterations slower (docs/benchmarks.md). Without a time budget the result
+            is the same for any value.
         restart_selection: ``best`` or ``consensus`` (see :class:`RestartSelection`).
         consensus_tolerance: ``consensus`` averages only the restarts whose matching loss is at
             most this factor times the best one (>= 1), so a failed restart cannot spoil it.
@@ -278,6 +288,7 @@ class AttackConfig:
     max_seconds: float | None = 60.0
     restarts: int = 5
     min_restart_iterations: int = 500
+    parallel_restarts: int = 1
     restart_selection: str = RestartSelection.CONSENSUS.value
     consensus_tolerance: float = 1.5
     lr: float = 0.2
@@ -311,7 +322,7 @@ class AttackConfig:
         _check_number(owner, "lr_decay", self.lr_decay, low=0.0, high=1.0)
         _check_number(owner, "log_every", self.log_every, low=0.0, low_open=True)
         _check_number(owner, "retrieval_share", self.retrieval_share, low=0.0, high=1.0, low_open=True)
-        for name in ("max_iterations", "restarts", "min_restart_iterations", "retrieval_k", "max_feature_stride"):
+        for name in ("max_iterations", "restarts", "min_restart_iterations", "parallel_restarts", "retrieval_k", "max_feature_stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{owner}: {name} must be an integer >= 1, got {value!r}.")
@@ -361,7 +372,8 @@ class AttackResult:
     Attributes:
         images: reconstructions, float32 ``(num_images, C, H, W)`` in [0, 1].
         labels: integer labels ``(num_images,)`` (recovered, or the argmax of the soft labels).
-        stats: ``iterations`` (all restarts), ``seconds``, ``ms_per_iteration``, ``best_loss``
+        stats: ``iterations`` (all restarts), ``seconds``, ``ms_per_iteration`` (the time an
+            iteration took on its thread: restarts run side by side each take longer), ``best_loss``
             (matching loss, objective + ``bn_weight`` x BN term, of the best restart),
             ``update_residual`` (``||sim - ΔW|| / ||ΔW||`` over the parameters for the best
             restart's images; lower = the update is better explained = more leakage),
@@ -653,9 +665,13 @@ class GradientInversionAttack:
         masks = read_dropout_masks(model, global_tensors, update_tensors, threat)
         if masks:
             logger.info("replaying the client's dropout masks read off the update: %s", {n: int((m > 0).sum()) for n, m in masks.items()})
-        simulator = LocalTrainingSimulator(model, threat, device=device, matched_params=matched_params, dropout_masks=masks)
+        new_replay = functools.partial(
+            LocalTrainingSimulator, model, threat, device=device, matched_params=matched_params, dropout_masks=masks
+        )
+        simulator = new_replay()
         return _Problem(
             simulator=simulator,
+            new_replay=new_replay,
             target=[update_tensors[n].to(device, torch.float32) for n in simulator.matched_names],
             recovered={k: BNStatistics(v.mean.to(device), v.var.to(device)) for k, v in recovered.items() if k not in deep},
             label_info=label_info,
@@ -679,31 +695,44 @@ class GradientInversionAttack:
         simulator, target = problem.simulator, problem.target
         recovered_dev, label_info, prior_dev, device = problem.recovered, problem.label_info, problem.prior, problem.device
         prior_weight = cfg.prior_weight if prior is not None or retrieval is not None else 0.0
-        outcomes: list[_RestartOutcome] = []
-        iterations = 0
-        optimise_seconds = 0.0
         planned = cfg.restarts
         if deadline is not None and planned > 1:
             seconds_per_iteration = self._calibrate(shape, simulator, target, recovered_dev, label_info, device)
-            affordable = int((deadline - time.perf_counter()) / (cfg.min_restart_iterations * seconds_per_iteration))
-            planned = max(1, min(planned, affordable))
+            per_thread = int((deadline - time.perf_counter()) / (cfg.min_restart_iterations * seconds_per_iteration))
+            planned = min(planned, max(per_thread, 1) * cfg.parallel_restarts)  # at least one per thread
             if planned < cfg.restarts:
                 logger.info(
-                    "%.1f ms per iteration: the time budget affords %d of %d restarts of %d iterations",
-                    1000.0 * seconds_per_iteration, planned, cfg.restarts, cfg.min_restart_iterations,
+                    "%.1f ms per iteration: the time budget affords %d of %d restarts of %d iterations on %d thread(s)",
+                    1000.0 * seconds_per_iteration, planned, cfg.restarts, cfg.min_restart_iterations, cfg.parallel_restarts,
                 )
-        for restart in range(planned):
-            now = time.perf_counter()
-            if deadline is not None and restart > 0 and now >= deadline:
-                logger.info("time budget spent after %d of %d restarts", restart, planned)
-                break
-            restart_deadline = None if deadline is None else now + (deadline - now) / (planned - restart)
-            outcome = self._run_restart(
-                restart, shape, simulator, target, recovered_dev, label_info, prior_dev, prior_weight, restart_deadline, device
-            )
-            optimise_seconds += time.perf_counter() - now
-            iterations += outcome.iterations
-            outcomes.append(outcome)
+        threads = min(cfg.parallel_restarts, planned)
+
+        def run_share(thread: int, replay: LocalTrainingSimulator) -> list[tuple[int, _RestartOutcome, float]]:
+            """Restarts ``thread, thread + threads, ...`` one after another, with their optimisation seconds."""
+            mine = list(range(thread, planned, threads))
+            done = []
+            for position, restart in enumerate(mine):
+                now = time.perf_counter()
+                if deadline is not None and position > 0 and now >= deadline:
+                    logger.info("time budget spent after %d of %d restarts on thread %d", position, len(mine), thread)
+                    break
+                restart_deadline = None if deadline is None else now + (deadline - now) / (len(mine) - position)
+                outcome = self._run_restart(
+                    restart, shape, replay, target, recovered_dev, label_info, prior_dev, prior_weight, restart_deadline, device
+                )
+                done.append((restart, outcome, time.perf_counter() - now))
+            return done
+
+        if threads == 1:
+            shares = [run_share(0, simulator)]
+        else:  # each thread replays on its own simulator: a replay holds per-call state
+            replays = [simulator] + [problem.new_replay() for _ in range(threads - 1)]
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gia-restart") as pool:
+                shares = list(pool.map(run_share, range(threads), replays))
+        finished = sorted((entry for share in shares for entry in share), key=lambda entry: entry[0])
+        outcomes = [outcome for _, outcome, _ in finished]
+        iterations = sum(outcome.iterations for outcome in outcomes)
+        optimise_seconds = sum(seconds for _, _, seconds in finished)
         best_restart = int(np.argmin([o.loss for o in outcomes]))
         images, soft, combined = self._combine(outcomes, best_restart, label_info)
         # The no-ground-truth residuals describe the best restart, i.e. how well some images explain
@@ -1010,6 +1039,7 @@ class _Problem:
     """One attack problem: the replay, the observed update and what was recovered from it."""
 
     simulator: LocalTrainingSimulator
+    new_replay: Callable[[], LocalTrainingSimulator]  # another replay of the same round, for another thread
     target: list[torch.Tensor]  # the observed update's matched parameter tensors, in the simulator's order
     recovered: dict[str, BNStatistics]  # the statistics of the matched BatchNorm layers
     label_info: LabelRecovery

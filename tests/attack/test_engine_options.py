@@ -206,6 +206,8 @@ def test_num_threads_is_restored(tiny, client_round):
         ({"num_threads": 0}, "num_threads"),
         ({"lr_decay": 2.0}, "lr_decay"),
         ({"min_restart_iterations": 0}, "min_restart_iterations"),
+        ({"parallel_restarts": 0}, "parallel_restarts must be an integer >= 1"),
+        ({"parallel_restarts": 1.5}, "parallel_restarts"),
         ({"retrieval_k": 0}, "retrieval_k must be an integer >= 1"),
         ({"retrieval_share": 0.0}, r"retrieval_share must be > 0.0 and <= 1.0"),
         ({"retrieval_share": 1.5}, "retrieval_share"),
@@ -223,8 +225,56 @@ def test_resolve_device_auto_and_missing_cuda():
             resolve_device("cuda")
 
 
-def test_time_budget_runs_fewer_restarts_when_each_would_be_too_short(tiny, client_round):
+@pytest.mark.parametrize("parallel_restarts", [1, 2])
+def test_time_budget_runs_fewer_restarts_when_each_would_be_too_short(tiny, client_round, parallel_restarts):
     _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
-    config = AttackConfig(max_seconds=1.0, restarts=5, min_restart_iterations=10**6, device="cpu")
+    config = AttackConfig(max_seconds=1.0, restarts=5, min_restart_iterations=10**6, parallel_restarts=parallel_restarts, device="cpu")
     result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
-    assert len(result.stats["restart_losses"]) == 1
+    # one restart per thread: a thread's restart does not shorten another thread's
+    assert len(result.stats["restart_losses"]) == parallel_restarts
+
+
+@pytest.mark.parametrize(
+    "label_strategy, batch_size, training",
+    [("auto", 2, TrainingConfig()), ("soft", 1, TrainingConfig(optimizer="adam", lr=1e-3, local_epochs=2))],
+    ids=["one-step", "soft-labels-four-adam-steps"],
+)
+def test_parallel_restarts_return_what_one_thread_returns(tiny, client_round, caplog, label_strategy, batch_size, training):
+    images, labels = tiny[0][:2], tiny[1][:2]
+    _, global_state, update = client_round(images, labels, batch_size, training)
+    threat = ThreatModel(image_size=16, batch_size=batch_size, num_images=2, training=training)
+    results = {}
+    for threads in (1, 2):
+        config = AttackConfig(**{**FAST, "restarts": 3, "parallel_restarts": threads, "label_strategy": label_strategy})
+        with caplog.at_level(logging.INFO, logger="nvflare_gia.attack.engine"):
+            caplog.clear()
+            results[threads] = GradientInversionAttack(config).reconstruct(global_state, update, threat)
+        finished_on = {r.threadName for r in caplog.records if "finished after" in r.getMessage()}
+    # the restarts ran on two worker threads, each on its own replay: a shared replay mixes their steps
+    assert len(finished_on) == 2 and all(name.startswith("gia-restart") for name in finished_on)
+    assert results[2].stats["restart_losses"] == results[1].stats["restart_losses"]
+    np.testing.assert_array_equal(results[2].images, results[1].images)
+    assert results[2].stats["iterations"] == 3 * FAST["max_iterations"]
+
+
+def test_parallel_restarts_share_the_time_budget(tiny, client_round):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
+    config = AttackConfig(max_iterations=10**6, max_seconds=2.0, restarts=4, parallel_restarts=2, min_restart_iterations=1, device="cpu")
+    result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
+    assert len(result.stats["restart_losses"]) == 4
+    assert result.stats["seconds"] < 10.0
+
+
+def test_an_error_in_a_restart_thread_reaches_the_caller(tiny, client_round, monkeypatch):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
+    run_restart = GradientInversionAttack._run_restart
+
+    def failing(self, restart, *args, **kwargs):
+        if restart == 1:
+            raise RuntimeError("restart 1 failed")
+        return run_restart(self, restart, *args, **kwargs)
+
+    monkeypatch.setattr(GradientInversionAttack, "_run_restart", failing)
+    config = AttackConfig(**{**FAST, "restarts": 2, "parallel_restarts": 2})
+    with pytest.raises(RuntimeError, match="restart 1 failed"):
+        GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
