@@ -88,6 +88,9 @@ class GradientInversionWidget(Widget):
         end_run_wait_s: how long ``END_RUN`` waits for pending attacks.
         output_dir: folder under the run directory.
         num_threads: torch threads of the attack; None leaves torch's setting.
+        parallel_restarts: restarts optimised at once, each on its own thread (see
+            ``AttackConfig.parallel_restarts``): on a server with idle cores, set it to their number
+            with ``num_threads=1``.
         tensorboard_images: also stream each reconstruction grid (truth above reconstruction in
             audit mode) as a TensorBoard image ``gia/<site>/reconstruction``. The server's
             TensorBoard event files then hold patient images: keep them as private as the run
@@ -120,6 +123,7 @@ class GradientInversionWidget(Widget):
         end_run_wait_s: float = 300.0,
         output_dir: str = "gia",
         num_threads: int | None = None,
+        parallel_restarts: int = AttackConfig.parallel_restarts,
         tensorboard_images: bool = True,
         networks: list[str] | None = None,
     ) -> None:
@@ -169,6 +173,7 @@ class GradientInversionWidget(Widget):
         self.end_run_wait_s = end_run_wait_s
         self.output_dir = output_dir
         self.num_threads = num_threads
+        self.parallel_restarts = parallel_restarts
         self.tensorboard_images = tensorboard_images
         self.networks = networks
         self._attack = GradientInversionAttack(
@@ -180,6 +185,7 @@ class GradientInversionWidget(Widget):
                 seed=seed,
                 device=device,
                 num_threads=num_threads,
+                parallel_restarts=parallel_restarts,
                 init="noise" if prior == "flat" else "prior",
             )
         )

@@ -164,6 +164,7 @@ def test_attack_exception_does_not_fail_the_job(tmp_path, nih_cxr_path):
         ({"prior": "mean"}, r"prior must be one of \['flat', 'val_mean', 'val_retrieval'\]"),
         ({"output_dir": "../x"}, "output_dir must be a relative folder"),
         ({"objective": "l3"}, "objective"),
+        ({"parallel_restarts": 0}, "parallel_restarts must be an integer >= 1"),
         ({"networks": ["my_networks.Net"]}, r"networks entry 'my_networks.Net': module 'my_networks' does not import"),
         ({"networks": ["smallcnn"]}, r"networks entry must be one of \['small_cnn', .*\] or the dotted path .*Did you mean 'small_cnn'"),
     ],
