@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads for the attacks and the timed training steps (default: one, the steadiest timing on a small machine)",
     )
     attack.add_argument(
+        "--parallel-restarts", type=_int_at_least(1), default=None,
+        help="restarts run side by side, each on its own thread (default: one per CPU core, at most the attack's restarts; one on CUDA)",
+    )
+    attack.add_argument(
         "--model", default=None,
         help="your own network instead of SmallCNN and ResNet-18: a built-in name or the dotted path of a factory "
         "f(num_classes=..., in_channels=...) that Python can import (batch 1 and 4; 8 without --quick)",
@@ -260,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         threads = {} if args.threads is None else {"threads": args.threads}
         run_attack_benchmark(
-            quick=args.quick, data=args.data, json_path=args.json, seconds=args.seconds, device=args.device, model=args.model, **threads
+            quick=args.quick, data=args.data, json_path=args.json, seconds=args.seconds, device=args.device, model=args.model,
+            parallel_restarts=args.parallel_restarts, **threads
         )
         return 0
     if args.command == "bench" and args.bench_command == "defenses":

@@ -16,6 +16,7 @@ from nvflare_gia.cli import main
         (["simulate", "fedavg_cxr", "--rounds", "-1"], "--rounds", "integer >= 1"),
         (["bench", "attack", "--json", "x.json", "--seconds", "-5"], "--seconds", "seconds > 0"),
         (["bench", "attack", "--json", "x.json", "--threads", "0"], "--threads", "integer >= 1"),
+        (["bench", "attack", "--json", "x.json", "--parallel-restarts", "0"], "--parallel-restarts", "integer >= 1"),
         (["bench", "defenses", "--json", "x.json", "--rounds", "0"], "--rounds", "integer >= 1"),
         (["bench", "defenses", "--json", "x.json", "--attack-seconds", "0"], "--attack-seconds", "seconds > 0"),
         (["bench", "overhead", "--json", "x.json", "--repeats", "0"], "--repeats", "integer >= 1"),

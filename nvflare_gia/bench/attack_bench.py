@@ -12,10 +12,14 @@ the attack does not use candidates, so the run would repeat ``val_mean``). Metri
 matching against the true images; RDLV relative to the SSIM of ``flat`` or ``val_mean``, the prior
 the server had before it saw the update.
 
-The whole benchmark, the training step it times included, runs on ``threads`` CPU threads (one by
-default). On the project's 2-core machine one thread is both the fastest and the steadiest: an
-attack iteration at batch 1 took 8.5–9.0 ms and a training step 2.4–2.5 ms over four alternating
-measurements, against 11.7–15.2 ms and 2.4–4.7 ms on two threads (``docs/benchmarks.md``).
+Torch runs on ``threads`` CPU threads (one by default), the timed training step included. On the
+project's 2-core machine one thread is both the fastest and the steadiest: an attack iteration at
+batch 1 took 8.5–9.0 ms and a training step 2.4–2.5 ms over four alternating measurements, against
+11.7–15.2 ms and 2.4–4.7 ms on two threads (``docs/benchmarks.md``). The other cores run restarts
+side by side (``AttackConfig.parallel_restarts``, by default one per CPU core this process may use,
+at most the attack's restarts; one on CUDA): there, two cores ran 1.7x the iterations of one.
+``ms_per_iteration`` is the time an iteration took on its thread, so restarts running beside each
+other make it longer, not shorter.
 
 Beside the image metrics each run records ``matching_loss`` (the attack's best restart) and
 ``truth_matching_loss`` (the same loss of the true images, scored after the attack): their gap
@@ -29,6 +33,7 @@ import copy
 import itertools
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,7 @@ import numpy as np
 import torch
 
 import nvflare_gia
-from nvflare_gia.attack import PRIOR_NAMES, AttackConfig, GradientInversionAttack, ThreatModel, prior_from_validation
+from nvflare_gia.attack import PRIOR_NAMES, AttackConfig, GradientInversionAttack, ThreatModel, prior_from_validation, resolve_device
 from nvflare_gia.data import load_npz
 from nvflare_gia.errors import ConfigError, DataError
 from nvflare_gia.metrics import evaluate_leakage
@@ -78,6 +83,7 @@ def _one_run(
     prior_name: str,
     prior: np.ndarray | None,
     candidates: np.ndarray | None,
+    parallel_restarts: int,
 ) -> dict[str, Any]:
     batch = len(labels)
     torch.manual_seed(0)
@@ -93,7 +99,9 @@ def _one_run(
         model=model_name, num_classes=num_classes, in_channels=images.shape[1], image_size=images.shape[-1],
         batch_size=batch, num_images=batch,
     )
-    config = AttackConfig(max_seconds=seconds, device=device, init="noise" if prior is None else "prior")
+    config = AttackConfig(
+        max_seconds=seconds, device=device, init="noise" if prior is None else "prior", parallel_restarts=parallel_restarts
+    )
     attack = GradientInversionAttack(config)
     result = attack.reconstruct(global_state, update, threat, prior=prior, candidates=candidates)
     truth_loss = attack.matching_loss(global_state, update, threat, images, labels)
@@ -120,7 +128,7 @@ def _one_run(
 
 def run_attack_benchmark(
     *, quick: bool, data: str | None, json_path: str, seconds: float = 60.0, device: str = "auto", threads: int = 1,
-    model: str | None = None,
+    model: str | None = None, parallel_restarts: int | None = None,
 ) -> dict:
     """Run the attack benchmark and write ``json_path`` (``{"runs": [...]}``).
 
@@ -137,16 +145,25 @@ def run_attack_benchmark(
             :data:`nvflare_gia.models.MODEL_NAMES` or the dotted path of a network factory, see
             :func:`nvflare_gia.models.build_model`): batch sizes 1 and 4, and 8 without ``quick``.
             None runs the networks above.
+        parallel_restarts: restarts run side by side (``AttackConfig.parallel_restarts``); None
+            runs one per CPU core this process may use, at most the attack's restarts, on CPU, and
+            one on CUDA.
 
     Returns:
         The JSON content.
 
     Raises:
-        ConfigError: if ``threads`` is not an integer >= 1, or ``model`` is not a network name.
+        ConfigError: if ``threads`` or ``parallel_restarts`` is not an integer >= 1, or ``model`` is
+            not a network name.
         DataError: if the data file is missing or has fewer images than the largest batch.
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"run_attack_benchmark: threads must be an integer >= 1, got {threads!r}.")
+    if parallel_restarts is None:
+        on_cpu = resolve_device(device).type == "cpu"
+        parallel_restarts = min(len(os.sched_getaffinity(0)), AttackConfig.restarts) if on_cpu else 1
+    elif isinstance(parallel_restarts, bool) or not isinstance(parallel_restarts, int) or parallel_restarts < 1:
+        raise ConfigError(f"run_attack_benchmark: parallel_restarts must be an integer >= 1 or None, got {parallel_restarts!r}.")
     if model is not None:
         model = resolve_model_name(model, owner="run_attack_benchmark")
     path = Path(data) if data else DEFAULT_DATA
@@ -167,7 +184,7 @@ def run_attack_benchmark(
                 continue
             prior, candidates = prior_from_validation(prior_name, splits.val_images)
             images, labels = splits.train_images[:batch], splits.train_labels[:batch]
-            run = _one_run(model_name, images, labels, splits.num_classes, seconds, device, prior_name, prior, candidates)
+            run = _one_run(model_name, images, labels, splits.num_classes, seconds, device, prior_name, prior, candidates, parallel_restarts)
             runs.append(run)
             logger.info(
                 "%-10s B=%d %-13s prior: SSIM %.3f (prior %.3f, RDLV %+.3f) PSNR %.2f dB, labels %.2f (as a multiset %.2f), matching loss %.3g (truth %.3g), "
@@ -175,7 +192,11 @@ def run_attack_benchmark(
                 model_name, batch, prior_name, run["ssim"], run["prior_ssim"], run["rdlv"], run["psnr"], run["label_accuracy"],
                 run["label_count_accuracy"], run["matching_loss"], run["truth_matching_loss"], run["iterations"], run["ms_per_iteration"], run["ms_per_train_step"],
             )
-    result = {"runs": runs, "protocol": {"data": str(path), "seconds": seconds, "device": device, "quick": quick, "threads": threads}}
+    protocol = {
+        "data": str(path), "seconds": seconds, "device": device, "quick": quick, "threads": threads,
+        "parallel_restarts": parallel_restarts,
+    }
+    result = {"runs": runs, "protocol": protocol}
     out = Path(json_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

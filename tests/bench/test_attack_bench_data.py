@@ -1,5 +1,5 @@
 """``bench attack``: data too small for its plan and a bad thread count are refused before any attack runs;
-the attacks and the timed training steps run on the requested threads."""
+the attacks and the timed training steps run on the requested threads, restarts side by side on the cores."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from nvflare_gia.attack import AttackConfig
 from nvflare_gia.bench import attack_bench
 from nvflare_gia.errors import ConfigError, DataError
 
@@ -53,6 +54,33 @@ def test_attack_benchmark_times_and_attacks_on_the_requested_threads_and_restore
     result = attack_bench.run_attack_benchmark(quick=True, data=str(data), json_path=str(tmp_path / "x.json"), device="cpu", threads=wanted)
     assert seen == [wanted] * 5 and result["protocol"]["threads"] == wanted
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("parallel_restarts", [0, 2.0, False])
+def test_attack_benchmark_refuses_a_bad_parallel_restart_count(tmp_path, parallel_restarts):
+    with pytest.raises(ConfigError, match=r"parallel_restarts must be an integer >= 1 or None"):
+        attack_bench.run_attack_benchmark(quick=True, data=None, json_path=str(tmp_path / "x.json"), parallel_restarts=parallel_restarts)
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("requested", [None, 3])
+def test_attack_benchmark_runs_restarts_side_by_side_on_the_cpu_cores(tmp_path, monkeypatch, requested):
+    data = tmp_path / "four.npz"
+    _write_data(data, 4)
+    seen = []
+
+    def fake_run(*args):
+        seen.append(args[-1])
+        return dict.fromkeys(("ssim", "prior_ssim", "rdlv", "psnr", "label_accuracy", "label_count_accuracy", "matching_loss",
+                              "truth_matching_loss", "ms_per_iteration", "ms_per_train_step"), 0.0) | {"iterations": 0}
+
+    monkeypatch.setattr(attack_bench, "_one_run", fake_run)
+    monkeypatch.setattr(attack_bench.os, "sched_getaffinity", lambda pid: set(range(16)))
+    result = attack_bench.run_attack_benchmark(
+        quick=True, data=str(data), json_path=str(tmp_path / "x.json"), device="cpu", parallel_restarts=requested
+    )
+    expected = AttackConfig.restarts if requested is None else requested  # 16 cores: one per restart
+    assert seen == [expected] * 5 and result["protocol"]["parallel_restarts"] == expected
 
 
 def test_attack_benchmark_runs_its_protocol_on_a_network_of_ones_own(tmp_path, own_network, one_torch_thread):
