@@ -186,6 +186,7 @@ class CalibratedDefenseConfig:
         attack_seed: the audit attack's seed (``SelfAuditConfig.seed``).
         device: see :class:`SelfAuditConfig`.
         num_threads: see :class:`SelfAuditConfig`.
+        parallel_restarts: see :class:`SelfAuditConfig`.
         prior: the audit attack's prior (see :class:`SelfAuditConfig`); ``val_mean`` and
             ``val_retrieval`` need the context's ``val_images``.
         seed: seed of the defense's noise (>= 0). None (the default) draws fresh OS entropy every
@@ -216,6 +217,7 @@ class CalibratedDefenseConfig:
     attack_seed: int = SelfAuditConfig.seed
     device: str = SelfAuditConfig.device
     num_threads: int | None = SelfAuditConfig.num_threads
+    parallel_restarts: int = SelfAuditConfig.parallel_restarts
     prior: str = SelfAuditConfig.prior
     seed: int | None = None
 
@@ -227,7 +229,7 @@ class CalibratedDefenseConfig:
         audit = check_audit_options(
             owner, metric=self.metric, max_images=self.max_images, max_seconds=self.max_seconds,
             max_iterations=self.max_iterations, restarts=self.restarts, seed=self.attack_seed, device=self.device,
-            num_threads=self.num_threads, prior=self.prior, seed_name="attack_seed",
+            num_threads=self.num_threads, prior=self.prior, parallel_restarts=self.parallel_restarts, seed_name="attack_seed",
         )
         audit["attack_seed"] = audit.pop("seed")
         for name, value in audit.items():
@@ -267,7 +269,7 @@ class CalibratedDefenseConfig:
         return SelfAuditConfig(
             metric=self.metric, max_images=self.max_images, max_seconds=self.max_seconds, max_iterations=self.max_iterations,
             restarts=self.restarts, seed=self.attack_seed, device=self.device, num_threads=self.num_threads,
-            prior=self.prior,
+            prior=self.prior, parallel_restarts=self.parallel_restarts,
         )
 
 

@@ -104,6 +104,7 @@ def check_audit_options(
     device: Any,
     num_threads: Any,
     prior: Any,
+    parallel_restarts: Any,
     seed_name: str = "seed",
 ) -> dict[str, Any]:
     """Validate the self-audit options (messages name the argument, its constraint and the value).
@@ -129,6 +130,7 @@ def check_audit_options(
         "device": look_up_option(owner, "device", device, DeviceName),
         "num_threads": check_int(owner, "num_threads", num_threads, minimum=1, allow_none=True),
         "prior": check_prior_name(owner, prior),
+        "parallel_restarts": check_int(owner, "parallel_restarts", parallel_restarts, minimum=1),
     }
     return out
 
@@ -156,6 +158,8 @@ class SelfAuditConfig:
             ``flat`` (gray 0.5), ``val_mean`` or ``val_retrieval`` (from the public validation
             images given to :meth:`SelfAudit.run`). Set it to the server widget's ``prior`` so
             that the audit runs the server's attack; RDLV is measured against this prior.
+        parallel_restarts: restarts run side by side, each on its own thread
+            (``AttackConfig.parallel_restarts``): on a client whose cores are free while it audits.
 
     Raises:
         TypeError, ConfigError: for an invalid value.
@@ -174,6 +178,7 @@ class SelfAuditConfig:
     device: str = AttackConfig.device
     num_threads: int | None = AttackConfig.num_threads
     prior: str = PRIOR_NAMES[0]
+    parallel_restarts: int = AttackConfig.parallel_restarts
 
     def __post_init__(self) -> None:
         values = check_audit_options(type(self).__name__, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
@@ -189,6 +194,7 @@ class SelfAuditConfig:
             seed=self.seed,
             device=self.device,
             num_threads=self.num_threads,
+            parallel_restarts=self.parallel_restarts,
             init="noise" if self.prior == "flat" else "prior",
         )
 
@@ -484,8 +490,8 @@ class LeakageGateConfig:
             (:attr:`SelfAuditResult.lower_bound`: the true images fit the update far better than
             the reconstruction, so the audit cannot vouch for it; e.g. an undefended update the
             attack failed to invert). A defended update the truth no longer fits better passes.
-        max_images, max_seconds, max_iterations, restarts, seed, device, num_threads, prior: see
-            :class:`SelfAuditConfig`.
+        max_images, max_seconds, max_iterations, restarts, seed, device, num_threads, prior,
+            parallel_restarts: see :class:`SelfAuditConfig`.
 
     Raises:
         TypeError, ConfigError: for an invalid value.
@@ -508,6 +514,7 @@ class LeakageGateConfig:
     device: str = SelfAuditConfig.device
     num_threads: int | None = SelfAuditConfig.num_threads
     prior: str = SelfAuditConfig.prior
+    parallel_restarts: int = SelfAuditConfig.parallel_restarts
 
     def __post_init__(self) -> None:
         owner = type(self).__name__

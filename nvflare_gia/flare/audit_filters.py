@@ -85,6 +85,7 @@ class LeakageGateFilter(DefenseFilter):
         seed: the attack's seed, see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         device: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         num_threads: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
+        parallel_restarts: see :class:`~nvflare_gia.defenses.self_audit.LeakageGateConfig`.
         prior: the audit attack's prior, see :class:`~nvflare_gia.defenses.self_audit.SelfAuditConfig`;
             use the server widget's ``prior`` (the jobs use ``val_retrieval``). ``val_mean`` and
             ``val_retrieval`` read the validation split of the job's data spec.
@@ -110,6 +111,7 @@ class LeakageGateFilter(DefenseFilter):
         seed: int = LeakageGateConfig.seed,
         device: str = LeakageGateConfig.device,
         num_threads: int | None = LeakageGateConfig.num_threads,
+        parallel_restarts: int = LeakageGateConfig.parallel_restarts,
         prior: str = LeakageGateConfig.prior,
         data_spec: str = DEFAULT_DATA_SPEC_FILE,
     ) -> None:
@@ -125,6 +127,7 @@ class LeakageGateFilter(DefenseFilter):
         self.seed = seed
         self.device = device
         self.num_threads = num_threads
+        self.parallel_restarts = parallel_restarts
         self.prior = prior
         self.data_spec = data_spec
         self._gate = LeakageGate(
@@ -132,7 +135,7 @@ class LeakageGateFilter(DefenseFilter):
                 metric=metric, threshold=threshold, every_n_rounds=every_n_rounds, confirmations=confirmations,
                 block_lower_bound=block_lower_bound, max_images=max_images,
                 max_seconds=max_seconds, max_iterations=max_iterations, restarts=restarts, seed=seed,
-                device=device, num_threads=num_threads, prior=prior,
+                device=device, num_threads=num_threads, parallel_restarts=parallel_restarts, prior=prior,
             )
         )
         super().__init__(data_spec)
@@ -220,6 +223,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         attack_seed: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         device: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         num_threads: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
+        parallel_restarts: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`.
         prior: see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`; use the server
             widget's ``prior`` (the jobs use ``val_retrieval``).
         seed: the noise seed, see :class:`~nvflare_gia.defenses.calibrated.CalibratedDefenseConfig`
@@ -251,6 +255,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         attack_seed: int = CalibratedDefenseConfig.attack_seed,
         device: str = CalibratedDefenseConfig.device,
         num_threads: int | None = CalibratedDefenseConfig.num_threads,
+        parallel_restarts: int = CalibratedDefenseConfig.parallel_restarts,
         prior: str = CalibratedDefenseConfig.prior,
         seed: int | None = CalibratedDefenseConfig.seed,
         data_spec: str = DEFAULT_DATA_SPEC_FILE,
@@ -272,6 +277,7 @@ class CalibratedDefenseFilter(DefenseFilter):
         self.attack_seed = attack_seed
         self.device = device
         self.num_threads = num_threads
+        self.parallel_restarts = parallel_restarts
         self.prior = prior
         self.seed = seed
         self.data_spec = data_spec
@@ -285,7 +291,7 @@ class CalibratedDefenseFilter(DefenseFilter):
                 block_lower_bound=self.block_lower_bound, total_seconds=self.total_seconds,
                 max_images=self.max_images, max_seconds=self.max_seconds, max_iterations=self.max_iterations,
                 restarts=self.restarts, attack_seed=self.attack_seed, device=self.device, num_threads=self.num_threads,
-                prior=self.prior, seed=self.seed,
+                parallel_restarts=self.parallel_restarts, prior=self.prior, seed=self.seed,
             )
         )
 

@@ -135,9 +135,17 @@ def test_filter_signature_matches_its_config_fields_and_defaults(filter_cls, con
 def test_attack_defaults_come_from_attack_config():
     for config_cls, seed_field in ((SelfAuditConfig, "seed"), (LeakageGateConfig, "seed"), (CalibratedDefenseConfig, "attack_seed")):
         defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
-        for field in ("max_seconds", "max_iterations", "restarts", "device", "num_threads"):
+        for field in ("max_seconds", "max_iterations", "restarts", "device", "num_threads", "parallel_restarts"):
             assert defaults[field] == getattr(AttackConfig, field), (config_cls.__name__, field)
         assert defaults[seed_field] == AttackConfig.seed
+
+
+def test_parallel_restarts_reach_the_audits_attack():
+    assert SelfAuditConfig(parallel_restarts=2).attack_config().parallel_restarts == 2
+    for config in (LeakageGateConfig(parallel_restarts=3), CalibratedDefenseConfig(parallel_restarts=3)):
+        assert config.audit_config().attack_config().parallel_restarts == 3
+    gate = LeakageGateFilter(parallel_restarts=4)
+    assert gate._gate.config.audit_config().attack_config().parallel_restarts == 4
 
 
 def test_strength_ladder_is_geometric_and_ends_at_max():
