@@ -373,7 +373,7 @@ class AttackResult:
         images: reconstructions, float32 ``(num_images, C, H, W)`` in [0, 1].
         labels: integer labels ``(num_images,)`` (recovered, or the argmax of the soft labels).
         stats: ``iterations`` (all restarts), ``seconds``, ``ms_per_iteration`` (the time an
-            iteration took on its thread: restarts run side by side each take longer), ``best_loss``
+            iteration took on its thread: restarts run side by side can each take longer), ``best_loss``
             (matching loss, objective + ``bn_weight`` x BN term, of the best restart),
             ``update_residual`` (``||sim - ΔW|| / ||ΔW||`` over the parameters for the best
             restart's images; lower = the update is better explained = more leakage),

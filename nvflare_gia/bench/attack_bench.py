@@ -17,9 +17,9 @@ project's 2-core machine one thread is both the fastest and the steadiest: an at
 batch 1 took 8.5–9.0 ms and a training step 2.4–2.5 ms over four alternating measurements, against
 11.7–15.2 ms and 2.4–4.7 ms on two threads (``docs/benchmarks.md``). The other cores run restarts
 side by side (``AttackConfig.parallel_restarts``, by default one per CPU core this process may use,
-at most the attack's restarts; one on CUDA): there, two cores ran 1.7x the iterations of one.
-``ms_per_iteration`` is the time an iteration took on its thread, so restarts running beside each
-other make it longer, not shorter.
+at most the attack's restarts; one on CUDA): there, two cores ran 1.7–2x the iterations of one.
+``ms_per_iteration`` is the time an iteration took on its thread: restarts running beside each
+other can make it longer (they share the memory bus and Python's lock), never shorter.
 
 Beside the image metrics each run records ``matching_loss`` (the attack's best restart) and
 ``truth_matching_loss`` (the same loss of the true images, scored after the attack): their gap
@@ -60,6 +60,13 @@ RUN_KEYS = (
     "ssim", "psnr", "mse", "rdlv", "prior_ssim", "label_accuracy", "label_count_accuracy", "matching_loss",
     "truth_matching_loss",
 )
+
+
+def _usable_cores() -> int:
+    """CPU cores this process may run on (all of the machine's where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _train_step_ms(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, repeats: int = 20) -> float:
@@ -161,7 +168,7 @@ def run_attack_benchmark(
         raise ConfigError(f"run_attack_benchmark: threads must be an integer >= 1, got {threads!r}.")
     if parallel_restarts is None:
         on_cpu = resolve_device(device).type == "cpu"
-        parallel_restarts = min(len(os.sched_getaffinity(0)), AttackConfig.restarts) if on_cpu else 1
+        parallel_restarts = min(_usable_cores(), AttackConfig.restarts) if on_cpu else 1
     elif isinstance(parallel_restarts, bool) or not isinstance(parallel_restarts, int) or parallel_restarts < 1:
         raise ConfigError(f"run_attack_benchmark: parallel_restarts must be an integer >= 1 or None, got {parallel_restarts!r}.")
     if model is not None:
