@@ -249,8 +249,8 @@ def test_parallel_restarts_return_what_one_thread_returns(tiny, client_round, ca
         with caplog.at_level(logging.INFO, logger="nvflare_gia.attack.engine"):
             caplog.clear()
             results[threads] = GradientInversionAttack(config).reconstruct(global_state, update, threat)
-        finished_on = {r.threadName for r in caplog.records if "finished after" in r.getMessage()}
-    # the restarts ran on two worker threads, each on its own replay: a shared replay mixes their steps
+    # the second run's restarts ran on two worker threads, each on its own replay (a shared replay mixes their steps)
+    finished_on = {r.threadName for r in caplog.records if "finished after" in r.getMessage()}
     assert len(finished_on) == 2 and all(name.startswith("gia-restart") for name in finished_on)
     assert results[2].stats["restart_losses"] == results[1].stats["restart_losses"]
     np.testing.assert_array_equal(results[2].images, results[1].images)
