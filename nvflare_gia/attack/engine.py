@@ -46,9 +46,9 @@ import functools
 import itertools
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -381,7 +381,8 @@ class AttackResult:
             ``returned_matching_loss`` (matching loss of the returned images; for a consensus it
             is higher than ``best_loss``: a mean of reconstructions does not itself reproduce the
             update), ``restart_losses``, ``best_restart``, ``restart_selection``,
-            ``restarts_combined``, ``label_method``, ``device``.
+            ``restarts_combined``, ``label_method``, ``device``, ``stopped`` (``should_stop``
+            ended it early).
         soft_labels: class probabilities ``(num_images, num_classes)`` when labels were optimised.
     """
 
@@ -524,9 +525,14 @@ class GradientInversionAttack:
 
     Args:
         config: the attack configuration; ``None`` uses the :class:`AttackConfig` defaults.
+        should_stop: called at every iteration; once it returns true a reconstruction stops
+            after its current iteration and returns what it has (``stats["stopped"]``), so an
+            owner that gives up on an attack (the widget at the end of a run) does not leave it
+            running on the CPU, nor in torch code while the process exits. ``None``: only the
+            budgets stop it.
 
     Raises:
-        TypeError: if ``config`` is not an :class:`AttackConfig`.
+        TypeError: if ``config`` is not an :class:`AttackConfig` or ``should_stop`` is not callable.
 
     Example:
         >>> import copy, torch
@@ -543,12 +549,18 @@ class GradientInversionAttack:
         ((1, 1, 16, 16), [1])
     """
 
-    def __init__(self, config: AttackConfig | None = None) -> None:
+    def __init__(self, config: AttackConfig | None = None, should_stop: Callable[[], bool] | None = None) -> None:
         if config is None:
             config = AttackConfig()
         if not isinstance(config, AttackConfig):
             raise TypeError(f"GradientInversionAttack: config must be an AttackConfig, got {type(config).__name__}.")
+        if should_stop is not None and not callable(should_stop):
+            raise TypeError(f"GradientInversionAttack: should_stop must be None or callable, got {type(should_stop).__name__}.")
         self.config = config
+        self.should_stop = should_stop
+
+    def _stop_requested(self) -> bool:
+        return self.should_stop is not None and bool(self.should_stop())
 
     def reconstruct(
         self, global_state: Mapping, update: Mapping, threat: ThreatModel, prior: Any = None, candidates: Any = None
@@ -713,8 +725,8 @@ class GradientInversionAttack:
             done = []
             for position, restart in enumerate(mine):
                 now = time.perf_counter()
-                if deadline is not None and position > 0 and now >= deadline:
-                    logger.info("time budget spent after %d of %d restarts on thread %d", position, len(mine), thread)
+                if position > 0 and ((deadline is not None and now >= deadline) or self._stop_requested()):
+                    logger.info("stopped after %d of %d restarts on thread %d (budget spent or stop requested)", position, len(mine), thread)
                     break
                 restart_deadline = None if deadline is None else now + (deadline - now) / (len(mine) - position)
                 outcome = self._run_restart(
@@ -727,8 +739,7 @@ class GradientInversionAttack:
             shares = [run_share(0, simulator)]
         else:  # each thread replays on its own simulator: a replay holds per-call state
             replays = [simulator] + [problem.new_replay() for _ in range(threads - 1)]
-            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gia-restart") as pool:
-                shares = list(pool.map(run_share, range(threads), replays))
+            shares = _run_in_daemon_threads(run_share, replays)
         finished = sorted((entry for share in shares for entry in share), key=lambda entry: entry[0])
         outcomes = [outcome for _, outcome, _ in finished]
         iterations = sum(outcome.iterations for outcome in outcomes)
@@ -763,6 +774,7 @@ class GradientInversionAttack:
             "restarts_combined": combined,
             "label_method": label_info.method,
             "device": str(device),
+            "stopped": self._stop_requested(),
         }
         if retrieval is not None:
             stats["retrieval"] = retrieval
@@ -970,6 +982,9 @@ class GradientInversionAttack:
         last_stage = len(sides) - 1
         for iteration in range(cfg.max_iterations):
             now = time.perf_counter()
+            if iteration > 0 and self._stop_requested():
+                logger.info("restart %d: stop requested at iteration %d", restart, iteration)
+                break
             progress = iteration / cfg.max_iterations
             if budget is not None:
                 progress = max(progress, (now - start) / budget)
@@ -1032,6 +1047,35 @@ class GradientInversionAttack:
             best_images = best_images.clamp(0.0, 1.0)
         logger.info("restart %d/%d finished after %d iterations: best matching loss %.5g", restart + 1, cfg.restarts, iteration, best_loss)
         return _RestartOutcome(loss=best_loss, images=best_images, soft=best_soft, iterations=iteration)
+
+
+def _run_in_daemon_threads(function: Callable[[int, Any], Any], arguments: list[Any]) -> list[Any]:
+    """``[function(i, argument) for i, argument in enumerate(arguments)]``, each call on its own daemon thread.
+
+    Daemon threads, unlike a ``ThreadPoolExecutor``'s, do not hold up the interpreter's exit: a
+    server that ends its run while an attack is in flight (the widget gives up on it at
+    ``END_RUN``) exits at once instead of after the attack's budget.
+
+    Raises:
+        BaseException: the first error a call raised, after every call has returned.
+    """
+    results: list[Any] = [None] * len(arguments)
+    errors: list[BaseException] = []
+
+    def call(index: int) -> None:
+        try:
+            results[index] = function(index, arguments[index])
+        except BaseException as exc:  # handed to the caller below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=call, args=(i,), name=f"gia-restart-{i}", daemon=True) for i in range(len(arguments))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 @dataclasses.dataclass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -278,3 +280,25 @@ def test_an_error_in_a_restart_thread_reaches_the_caller(tiny, client_round, mon
     config = AttackConfig(**{**FAST, "restarts": 2, "parallel_restarts": 2})
     with pytest.raises(RuntimeError, match="restart 1 failed"):
         GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
+
+
+@pytest.mark.parametrize("parallel_restarts", [1, 2])
+def test_should_stop_ends_an_attack_in_flight(tiny, client_round, parallel_restarts):
+    _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
+    stop = threading.Event()
+    config = AttackConfig(max_seconds=900.0, max_iterations=10**8, restarts=2, parallel_restarts=parallel_restarts, device="cpu")
+    attack = GradientInversionAttack(config, should_stop=stop.is_set)
+    results = []
+    runner = threading.Thread(target=lambda: results.append(attack.reconstruct(global_state, update, ThreatModel(image_size=16))))
+    runner.start()
+    time.sleep(1.0)  # the attack is under way (set up, calibrated, optimising)
+    stop.set()
+    runner.join(120)  # the budget is 900 s: only the stop request ends it this soon
+    assert not runner.is_alive()
+    assert results[0].stats["stopped"] is True and results[0].stats["iterations"] >= 1
+    assert results[0].images.shape == (1, 1, 16, 16) and np.isfinite(results[0].images).all()
+
+
+def test_should_stop_must_be_callable():
+    with pytest.raises(TypeError, match="should_stop must be None or callable"):
+        GradientInversionAttack(AttackConfig(), should_stop=True)
