@@ -13,6 +13,7 @@ Every round must aggregate, the job must complete, each fault must be recorded i
 
 from __future__ import annotations
 
+import copy
 import datetime
 import importlib.util
 import json
@@ -28,10 +29,13 @@ import torch
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
 
+from nvflare_gia.attack import NUM_STEPS_META_KEY, TRAINING_META_KEY
 from nvflare_gia.audit import AuditTarget
 from nvflare_gia.data import DataSpec
 from nvflare_gia.flare.jobs import prepare_job, run_simulator
 from nvflare_gia.flare.widget import METRICS_FILE, GradientInversionWidget
+from nvflare_gia.models import SmallCNN
+from nvflare_gia.training import TrainingConfig, train_local, training_meta
 
 FAULTS = Path(__file__).parent / "fault_injection"
 _spec = importlib.util.spec_from_file_location("faulty_widgets", FAULTS / "faulty_widgets.py")
@@ -199,6 +203,33 @@ def test_hung_attack_is_recorded_not_finished_once_after_end_run_wait(tmp_path):
     assert not widget._worker.is_alive()
     records = sorted((r["client"], r["gia/status"]) for r in _offline_records(tmp_path))
     assert records == [("site-1", "not_finished"), ("site-2", "not_finished")]
+
+
+@pytest.mark.parametrize("parallel_restarts", [1, 2])
+def test_end_run_stops_the_attack_in_flight(tmp_path, parallel_restarts):
+    """An attack END_RUN gives up on stops at its next iteration: it must not go on using the CPU after
+    the run, nor be inside torch when the server process exits (which aborts the process)."""
+    torch.manual_seed(0)
+    model = SmallCNN()
+    global_state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    image, config = torch.rand(1, 1, 16, 16), TrainingConfig()
+    trained = copy.deepcopy(model)
+    steps = train_local(trained, image, torch.tensor([1]), 1, config)
+    update = {k: v.numpy() - global_state[k] for k, v in trained.state_dict().items()}
+    meta = {NUM_STEPS_META_KEY: steps, TRAINING_META_KEY: training_meta(config, "small_cnn", image, 2, 1)}
+    widget = GradientInversionWidget(
+        max_seconds=900.0, max_iterations=10**8, restarts=2, parallel_restarts=parallel_restarts, end_run_wait_s=0.5,
+        device="cpu", num_threads=1,
+    )
+    widget = _offline_widget(widget, tmp_path)
+    widget._queue.put_nowait(AuditTarget("site-1", 0, global_state, update, meta))
+    time.sleep(1.0)  # the attack is under way
+    widget.handle_event(EventType.ABOUT_TO_END_RUN, FLContext())
+    widget.handle_event(EventType.END_RUN, FLContext())
+    widget._worker.join(120)  # the attack's budget is 900 s: only the stop request ends it this soon
+    assert not widget._worker.is_alive()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("gia-restart")]
+    assert [(r["client"], r["gia/status"]) for r in _offline_records(tmp_path)] == [("site-1", "not_finished")]
 
 
 def test_worker_survives_a_record_that_cannot_be_written(tmp_path, monkeypatch):
