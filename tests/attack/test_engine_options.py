@@ -259,12 +259,19 @@ def test_parallel_restarts_return_what_one_thread_returns(tiny, client_round, ca
     assert results[2].stats["iterations"] == 3 * FAST["max_iterations"]
 
 
-def test_parallel_restarts_share_the_time_budget(tiny, client_round):
+def test_parallel_restarts_share_the_time_budget(tiny, client_round, caplog):
     _, global_state, update = client_round(tiny[0][:1], tiny[1][:1], 1)
     config = AttackConfig(max_iterations=10**6, max_seconds=2.0, restarts=4, parallel_restarts=2, min_restart_iterations=1, device="cpu")
-    result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
-    assert len(result.stats["restart_losses"]) == 4
+    with caplog.at_level(logging.INFO, logger="nvflare_gia.attack.engine"):
+        result = GradientInversionAttack(config).reconstruct(global_state, update, ThreatModel(image_size=16))
+    assert len(result.stats["restart_losses"]) == 4 and np.isfinite(result.stats["restart_losses"]).all()
     assert result.stats["seconds"] < 10.0
+    # restarts 0 and 2 on one thread, 1 and 3 on the other (logged 1-based): each splits its thread's budget
+    finished = {}
+    for record in caplog.records:
+        if "finished after" in record.getMessage():
+            finished.setdefault(record.threadName, []).append(int(record.getMessage().split()[1].split("/")[0]))
+    assert sorted(sorted(restarts) for restarts in finished.values()) == [[1, 3], [2, 4]]
 
 
 def test_an_error_in_a_restart_thread_reaches_the_caller(tiny, client_round, monkeypatch):
